@@ -1,0 +1,180 @@
+"""PettingZoo ParallelEnv of edge clusters: one agent per cluster, one `step()` per round.
+
+Action of an agent (a `Dict`, or a plain int array `[task, node, *alloc]`):
+
+* `task`  — 0 = do nothing, i = start the task in window place i-1;
+* `node`  — the cluster-local node to place it on;
+* `alloc` — the amount of each resource (in the order of the scenario's `resources`);
+* `realloc` — optional preemption, `[M, R]`: 0 = keep, k = set that resource to k-1 for the
+  running task in that place (all-zero pauses it); needs `allow_preemption = true`. A task whose
+  allocation differs from the previous slot end progresses by `switch_weight ×` its amount.
+
+An infeasible action (one the masks forbid) is, by default, a no-op counted in
+`infos[agent]["invalid_actions"]`; with `strict=True` it raises `InvalidActionError` naming the
+problem. Rewards are given at the end of each slot (the round in which no agent started a task):
+minus the number of tasks in the agent's cluster. The episode ends when every task has arrived
+and finished (termination), or at the scenario's `max_slots` (truncation).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+from envs.observations import build_observations, observation_space, split_observations
+from tapfinger.engine import Engine, InvalidActionError
+from tapfinger.scenario import Scenario, load_scenario
+
+ENV_ID = "tapfinger/edge-cluster-v0"
+
+
+class EdgeClusterEnv(ParallelEnv):
+    metadata = {"name": "edge_cluster_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+
+    def __init__(self, scenario: str | Scenario = "edge-default", strict: bool = False,
+                 render_mode: str | None = None):
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode {render_mode!r} is not supported; use 'ansi' or None")
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.engine = Engine(self.scenario, strict=strict)
+        self.render_mode = render_mode
+        self.possible_agents = [c.name for c in self.scenario.clusters]
+        self.agents: list[str] = []
+        self._obs_space = observation_space(self.engine)
+        grid = self.engine.static.grid_max
+        self._act_space = spaces.Dict({
+            "task": spaces.Discrete(self.engine.W + 1),
+            "node": spaces.Discrete(self.engine.static.max_nodes),
+            "alloc": spaces.MultiDiscrete(grid + 1),
+            "realloc": spaces.MultiDiscrete(np.tile(grid + 2, (self.engine.M, 1))),
+        })
+        self.state_space = spaces.Box(low=-np.inf, high=np.inf, shape=self._state_size(), dtype=np.float32)
+        self._seed: int | None = None
+        self._episode = 0
+        self._batched: dict[str, np.ndarray] | None = None
+
+    @functools.lru_cache(maxsize=None)
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self._obs_space
+
+    @functools.lru_cache(maxsize=None)
+    def action_space(self, agent: str) -> spaces.Space:
+        return self._act_space
+
+    # ------------------------------------------------------------------ API
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._seed, self._episode = int(seed), 0
+        elif self._seed is None:
+            self._seed = int(np.random.SeedSequence().entropy % (2**31))
+        # Without a new seed, successive episodes continue a deterministic sequence.
+        self.engine.reset(self._seed + 1_000_003 * self._episode)
+        self._episode += 1
+        self.agents = list(self.possible_agents)
+        return self._observe(), self._infos(slot_ended=False)
+
+    def step(self, actions: dict[str, Any]):
+        if not self.agents:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        e = self.engine
+        task = np.full(e.N, -1, dtype=np.int64)
+        node = np.zeros(e.N, dtype=np.int64)
+        alloc = np.zeros((e.N, e.R), dtype=np.int64)
+        realloc = None
+        for i, agent in enumerate(self.possible_agents):
+            act = actions.get(agent)
+            if act is None:
+                continue
+            if isinstance(act, dict):
+                t, n, a, re = act.get("task", 0), act.get("node", 0), act.get("alloc"), act.get("realloc")
+            else:
+                arr = np.asarray(act, dtype=np.int64).ravel()
+                if arr.size != 2 + e.R:
+                    raise InvalidActionError(
+                        f"agent {agent}: array action must have {2 + e.R} entries [task, node, "
+                        f"{', '.join(self.scenario.resources)}], got {arr.size}")
+                t, n, a, re = arr[0], arr[1], arr[2:], None
+            task[i] = int(t) - 1
+            node[i] = int(n)
+            if a is not None:
+                alloc[i] = np.asarray(a, dtype=np.int64).reshape(e.R)
+            if re is not None:
+                re = np.asarray(re, dtype=np.int64).reshape(e.M, e.R)
+                if re.any():
+                    if realloc is None:
+                        realloc = np.full((e.N, e.M, e.R), -1, dtype=np.int64)
+                    realloc[i] = re - 1
+        slot_ended = e.play_round(task, node, alloc, realloc)
+        rewards = {a: float(e.last_rewards[i]) if slot_ended else 0.0 for i, a in enumerate(self.possible_agents)}
+        terminated = e.done and not e.truncated
+        truncated = e.truncated
+        obs = self._observe()
+        infos = self._infos(slot_ended)
+        terms = {a: terminated for a in self.agents}
+        truncs = {a: truncated for a in self.agents}
+        if e.done:
+            self.agents = []
+        return obs, rewards, terms, truncs, infos
+
+    def state(self) -> np.ndarray:
+        """Global view for a centralised critic: per cluster its free resources, counts and queue,
+        and per task type the tasks waiting and running anywhere, as one flat float32 vector."""
+        e = self.engine
+        st = e.static
+        cap = np.maximum(st.node_capacity.max(axis=0), 1)
+        free = e.cluster_free() / cap
+        counts = np.stack([e.num_running, e.num_waiting, e.queue_lengths()], axis=1) / max(e.W, 1)
+        K = len(self.scenario.task_types)
+        waiting = np.bincount(e.task_type[e.status == 1], minlength=K)
+        running = np.bincount(e.task_type[e.status == 2], minlength=K)
+        return np.concatenate([free.ravel(), counts.ravel(), waiting / max(e.W, 1), running / max(e.W, 1),
+                               [e.slot / 100.0]]).astype(np.float32)
+
+    def _state_size(self) -> tuple[int]:
+        return (self.engine.N * (self.engine.R + 3) + 2 * len(self.scenario.task_types) + 1,)
+
+    def render(self) -> str | None:
+        if self.render_mode is None:
+            return None
+        return render_ansi(self.engine)
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ helpers
+    def batched_observations(self) -> dict[str, np.ndarray]:
+        """The last observations of all agents as [N, ...] arrays (what policies batch over)."""
+        return self._batched
+
+    def _observe(self) -> dict[str, dict[str, np.ndarray]]:
+        self._batched = build_observations(self.engine)
+        if not self.agents:
+            return {}
+        return split_observations(self._batched, self.possible_agents)
+
+    def _infos(self, slot_ended: bool) -> dict[str, dict]:
+        e = self.engine
+        return {a: {"slot": e.slot, "slot_ended": slot_ended, "invalid_actions": int(e.invalid_actions[i]),
+                    "conflicts": int(e.conflicts[i])} for i, a in enumerate(self.agents)}
+
+
+def render_ansi(engine: Engine) -> str:
+    e, sc = engine, engine.scenario
+    names = [t.name for t in sc.task_types]
+    lines = [f"slot {e.slot} round {e.round} | arrived {e.next_arrival}/{e.T} finished {e.finished_count}"]
+    for i, cl in enumerate(sc.clusters):
+        nodes = []
+        for k, gn in enumerate(e.static.cluster_nodes[i][: e.static.nodes_per_cluster[i]]):
+            free = "/".join(f"{f}" for f in e.node_free[gn])
+            cap = "/".join(f"{c}" for c in e.static.node_capacity[gn])
+            nodes.append(f"n{k} {free} of {cap}")
+        run = [f"t{t}:{names[e.task_type[t]]}@{e.progress[t]:.2f}" for t in e.running[i] if t != e.empty]
+        win = [f"t{t}:{names[e.task_type[t]]}" if t != e.empty else "_" for t in e.window[i]]
+        lines.append(f"{cl.name:>10} [{' | '.join(nodes)}] ({'/'.join(sc.resources)} free of cap)")
+        lines.append(f"{'':>10} run: {' '.join(run) or '-'}")
+        lines.append(f"{'':>10} window: {' '.join(win)}  queue {e.queue_lengths()[i]}")
+    return "\n".join(lines)

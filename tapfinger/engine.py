@@ -1,0 +1,382 @@
+"""The simulator engine: numpy state of clusters, nodes, windows, queues and running tasks.
+
+Semantics follow DESIGN.md "Reference semantics" exactly:
+
+* a slot is a sequence of rounds; in each round every agent may start one task of its window
+  (and, if the scenario allows preemption, re-allocate its running tasks); the slot ends after
+  the first round in which no agent started a task;
+* two agents that pick the same task in one round conflict; the lowest agent index wins (the
+  learned policy resolves conflicts itself before acting, this is the rule for any residue);
+* at the end of a slot, in this order: rewards (minus the tasks in each cluster), ageing,
+  progress and finishing, arrivals, queues refilling windows.
+
+No torch object is built here; everything is a numpy array indexed by task id. Task arrays
+have one extra row (index `T`) that serves as the "empty place" sentinel of windows and
+running lists, so gathers need no masking.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from tapfinger.progress import SQRT_OFFSET, profile_tables, read_profile, synthetic_tables
+from tapfinger.scenario import Scenario
+from tapfinger.workload import Workload, make_workload
+
+WAITING_NOT_ARRIVED, WAITING, RUNNING, FINISHED = 0, 1, 2, 3
+# Progress is accumulated in floating point; a task whose exact progress is 1 must finish.
+FINISH_EPS = 1e-9
+
+
+class InvalidActionError(ValueError):
+    """An action that the masks forbid, raised in strict mode."""
+
+
+@dataclass(frozen=True)
+class StaticTables:
+    """Everything about a scenario that does not change during an episode."""
+
+    node_capacity: np.ndarray  # [num_nodes, R]
+    node_cluster: np.ndarray  # [num_nodes]
+    cluster_nodes: np.ndarray  # [N, max_nodes] global node index, -1 = padding
+    nodes_per_cluster: np.ndarray  # [N]
+    type_min: np.ndarray  # [K, R]
+    weight: np.ndarray  # [K, C+1, G+1] progress tables (see progress.py)
+    base: np.ndarray  # [K, C+1, G+1]
+    grid_max: np.ndarray  # [R]
+    max_running: np.ndarray  # [N] how many tasks a cluster may run at once
+    cpu: int  # index of the cpu resource
+    gpu: int  # index of the gpu resource
+
+    @property
+    def max_nodes(self) -> int:
+        return int(self.cluster_nodes.shape[1])
+
+
+def build_static_tables(scenario: Scenario) -> StaticTables:
+    R = scenario.num_resources
+    caps, owner = [], []
+    for ci, cl in enumerate(scenario.clusters):
+        for node in cl.nodes:
+            caps.append(node)
+            owner.append(ci)
+    node_capacity = np.asarray(caps, dtype=np.int64).reshape(-1, R)
+    node_cluster = np.asarray(owner, dtype=np.int64)
+    max_nodes = max(len(c.nodes) for c in scenario.clusters)
+    cluster_nodes = np.full((scenario.num_clusters, max_nodes), -1, dtype=np.int64)
+    for ci in range(scenario.num_clusters):
+        idx = np.flatnonzero(node_cluster == ci)
+        cluster_nodes[ci, : len(idx)] = idx
+    type_min = np.asarray([t.minimum for t in scenario.task_types], dtype=np.int64)
+    cpu, gpu = scenario.resource_index("cpu"), scenario.resource_index("gpu")
+    grid = np.asarray(scenario.grid_max, dtype=np.int64)
+    c_max, g_max = int(grid[cpu]), int(grid[gpu])
+    profile = read_profile(scenario.profile) if scenario.profile and any(
+        t.progress.model == "profile" for t in scenario.task_types) else None
+    weights, bases = [], []
+    for t in scenario.task_types:
+        if t.progress.model == "synthetic":
+            w, b = synthetic_tables(t.progress.gpu_scale, t.progress.base, c_max, g_max)
+        else:
+            w, b = profile_tables(profile, t.progress.profile_task, int(t.minimum[cpu]), int(t.minimum[gpu]),
+                                  c_max, g_max, scenario.slot_seconds, scenario.startup_seconds)
+        weights.append(w)
+        bases.append(b)
+    # A cluster runs at most, per node, as many tasks as the smallest minimum fits (a task
+    # needs at least its minimum to start); this bounds the padded running lists.
+    safe_min = np.where(type_min > 0, type_min, 1)
+    per_node = np.where(type_min[None, :, :] > 0, node_capacity[:, None, :] // safe_min[None, :, :],
+                        np.iinfo(np.int64).max).min(axis=2).max(axis=1)  # [num_nodes]
+    max_running = np.asarray([int(per_node[node_cluster == ci].sum()) for ci in range(scenario.num_clusters)],
+                             dtype=np.int64)
+    return StaticTables(node_capacity, node_cluster, cluster_nodes,
+                        np.asarray([len(c.nodes) for c in scenario.clusters], dtype=np.int64), type_min,
+                        np.stack(weights), np.stack(bases), grid, np.maximum(max_running, 1), cpu, gpu)
+
+
+class Engine:
+    """One episode of a scenario. `reset(seed)`, then `play_round(...)` until `done`."""
+
+    def __init__(self, scenario: Scenario, strict: bool = False):
+        for t in scenario.task_types:
+            if not any(m > 0 for m in t.minimum):
+                raise ValueError(f"task type '{t.name}' has an all-zero minimum; give it a positive "
+                                 f"minimum in at least one resource")
+        self.scenario = scenario
+        self.strict = strict
+        self.static = build_static_tables(scenario)
+        self.N = scenario.num_clusters
+        self.W = scenario.window_size
+        self.R = scenario.num_resources
+        self.M = int(self.static.max_running.max())
+        self.workload: Workload | None = None
+
+    # ------------------------------------------------------------------ episode set-up
+    def reset(self, seed: int, workload: Workload | None = None) -> None:
+        wl = workload if workload is not None else make_workload(self.scenario, seed)
+        if wl.visible.shape[1] != self.N:
+            raise ValueError(f"workload has {wl.visible.shape[1]} clusters, scenario has {self.N}")
+        self.workload = wl
+        T = wl.num_tasks
+        self.T = T
+        self.empty = T  # sentinel row
+        self.task_type = np.append(wl.task_type, 0)
+        self.arrival = np.append(wl.arrival_slot, -1)
+        self.work = np.append(wl.work, 1.0)
+        self.deadline = np.append(wl.deadline, -1)
+        self.visible = np.vstack([wl.visible, np.zeros((1, self.N), dtype=bool)])
+        self.vis_count = self.visible.sum(axis=1)
+        self.status = np.zeros(T + 1, dtype=np.int8)
+        self.age = np.zeros(T + 1, dtype=np.int64)
+        self.start = np.full(T + 1, -1, dtype=np.int64)
+        self.finish = np.full(T + 1, -1, dtype=np.int64)
+        self.cluster = np.full(T + 1, -1, dtype=np.int64)
+        self.node = np.full(T + 1, -1, dtype=np.int64)
+        self.alloc = np.zeros((T + 1, self.R), dtype=np.int64)
+        self.prev_alloc = np.zeros((T + 1, self.R), dtype=np.int64)
+        self.first_alloc = np.zeros((T + 1, self.R), dtype=np.int64)
+        self.progress = np.zeros(T + 1)
+        self.attained = np.zeros(T + 1)  # GPU-slots received so far (Tiresias' attained service)
+        self.switches = np.zeros(T + 1, dtype=np.int64)
+        self.node_free = self.static.node_capacity.copy()
+        self.window = np.full((self.N, self.W), self.empty, dtype=np.int64)
+        self.running = np.full((self.N, self.M), self.empty, dtype=np.int64)
+        self.num_running = np.zeros(self.N, dtype=np.int64)
+        self.num_waiting = np.zeros(self.N, dtype=np.int64)  # window + queue, per cluster
+        self.queues: list[deque[int]] = [deque() for _ in range(self.N)]
+        self.slot = 0
+        self.round = 0
+        self.next_arrival = 0  # index of the next task to arrive
+        self.finished_count = 0
+        self.invalid_actions = np.zeros(self.N, dtype=np.int64)
+        self.conflicts = np.zeros(self.N, dtype=np.int64)
+        self.rounds_total = 0
+        self.done = False
+        self.truncated = False
+        self.last_rewards = np.zeros(self.N)
+        self._arrive()
+
+    # ------------------------------------------------------------------ queries
+    def tasks_in_cluster(self) -> np.ndarray:
+        """Per cluster: running + window + queue (a task visible to several counts in each)."""
+        return self.num_running + self.num_waiting
+
+    def queue_lengths(self) -> np.ndarray:
+        return self.num_waiting - (self.window != self.empty).sum(axis=1)
+
+    def cluster_free(self) -> np.ndarray:
+        free = np.zeros((self.N, self.R), dtype=np.int64)
+        np.add.at(free, self.static.node_cluster, self.node_free)
+        return free
+
+    # ------------------------------------------------------------------ feasibility
+    def start_problem(self, agent: int, pos: int, node_local: int, alloc: np.ndarray) -> str | None:
+        """Why starting window place `pos` on `node_local` with `alloc` is infeasible, or None."""
+        if not 0 <= pos < self.W:
+            return f"window place {pos} is outside 0..{self.W - 1}"
+        t = self.window[agent, pos]
+        if t == self.empty:
+            return f"window place {pos} is empty"
+        if self.num_running[agent] >= self.static.max_running[agent]:
+            return f"cluster already runs its maximum of {self.static.max_running[agent]} tasks"
+        if not 0 <= node_local < self.static.nodes_per_cluster[agent]:
+            return f"node {node_local} is outside 0..{self.static.nodes_per_cluster[agent] - 1}"
+        tmin = self.static.type_min[self.task_type[t]]
+        if np.any(alloc < tmin):
+            return f"allocation {alloc.tolist()} is below the task type's minimum {tmin.tolist()}"
+        if np.any(alloc > self.static.grid_max):
+            return f"allocation {alloc.tolist()} exceeds the grid maximum {self.static.grid_max.tolist()}"
+        gnode = self.static.cluster_nodes[agent, node_local]
+        if np.any(alloc > self.node_free[gnode]):
+            return f"allocation {alloc.tolist()} exceeds node {node_local}'s free {self.node_free[gnode].tolist()}"
+        return None
+
+    def realloc_problem(self, agent: int, realloc: np.ndarray) -> str | None:
+        """Why re-allocating the agent's running tasks as `realloc` ([M, R], -1 = keep) fails."""
+        if not self.scenario.allow_preemption:
+            return "the scenario does not allow preemption (allow_preemption = false)"
+        ids = self.running[agent]
+        change = (realloc >= 0).any(axis=1) & (ids != self.empty)
+        if np.any((realloc >= 0).any(axis=1) & (ids == self.empty)):
+            return "re-allocation given for an empty running place"
+        if np.any(change & (realloc < 0).any(axis=1)):
+            return "a re-allocation must give every resource (or -1 in all to keep)"
+        new = np.where(change[:, None], realloc, self.alloc[ids])
+        tmin = self.static.type_min[self.task_type[ids]]
+        paused = (new == 0).all(axis=1)
+        if np.any(change & ~paused & (new < tmin).any(axis=1)):
+            return "a re-allocation below the task type's minimum (pause at all-zero instead)"
+        if np.any(new > self.static.grid_max):
+            return "a re-allocation exceeds the grid maximum"
+        used = np.zeros_like(self.node_free)
+        live = ids != self.empty
+        np.add.at(used, self.node[ids[live]], new[live])
+        own = self.static.cluster_nodes[agent, : self.static.nodes_per_cluster[agent]]
+        if np.any(used[own] > self.static.node_capacity[own]):
+            return "re-allocations exceed a node's capacity"
+        return None
+
+    # ------------------------------------------------------------------ one round
+    def play_round(self, task: np.ndarray, node: np.ndarray, alloc: np.ndarray,
+                   realloc: np.ndarray | None = None) -> bool:
+        """Apply one round. task[i] = window place or -1; node[i] local node; alloc[i] [R];
+        realloc[i] [M, R] with -1 = keep (or None). Returns True if the slot ended."""
+        if self.done:
+            raise RuntimeError("episode is over; call reset()")
+        self.round += 1
+        self.rounds_total += 1
+        started_any = False
+        claimed: set[int] = set()
+        window_at_round_start = self.window.copy()  # a winner empties the losers' places
+        for i in range(self.N):
+            if realloc is not None and np.any(realloc[i] >= 0):
+                problem = self.realloc_problem(i, realloc[i])
+                if problem is None:
+                    self._apply_realloc(i, realloc[i])
+                else:
+                    self._reject(i, problem)
+            pos = int(task[i])
+            if pos < 0:
+                continue
+            t = int(window_at_round_start[i, pos]) if 0 <= pos < self.W else self.empty
+            if t != self.empty and t in claimed:
+                self.conflicts[i] += 1  # lost to a lower agent index this round
+                continue
+            problem = self.start_problem(i, pos, int(node[i]), alloc[i])
+            if problem is not None:
+                self._reject(i, problem)
+                continue
+            self._start(i, t, int(node[i]), alloc[i])
+            claimed.add(t)
+            started_any = True
+        if not started_any:
+            self._end_slot()
+            return True
+        return False
+
+    def _reject(self, agent: int, problem: str) -> None:
+        if self.strict:
+            raise InvalidActionError(f"agent {agent}: {problem}")
+        self.invalid_actions[agent] += 1
+
+    def _apply_realloc(self, agent: int, realloc: np.ndarray) -> None:
+        for k in np.flatnonzero((realloc >= 0).any(axis=1)):
+            t = self.running[agent, k]
+            n = self.node[t]
+            self.node_free[n] += self.alloc[t]
+            self.alloc[t] = realloc[k]
+            self.node_free[n] -= realloc[k]
+
+    def _start(self, agent: int, t: int, node_local: int, alloc: np.ndarray) -> None:
+        gnode = self.static.cluster_nodes[agent, node_local]
+        self.status[t] = RUNNING
+        self.start[t] = self.slot
+        self.cluster[t] = agent
+        self.node[t] = gnode
+        self.alloc[t] = alloc
+        self.prev_alloc[t] = alloc  # a fresh start is not a switch
+        self.first_alloc[t] = alloc
+        self.node_free[gnode] -= alloc
+        for c in np.flatnonzero(self.visible[t]):
+            self.num_waiting[c] -= 1
+            hit = np.flatnonzero(self.window[c] == t)
+            if hit.size:
+                self.window[c, hit[0]] = self.empty  # the place stays empty until the slot ends
+            # queue entries are dropped lazily when the queue refills the window
+        place = int(np.flatnonzero(self.running[agent] == self.empty)[0])
+        self.running[agent, place] = t
+        self.num_running[agent] += 1
+
+    # ------------------------------------------------------------------ end of slot
+    def _end_slot(self) -> None:
+        self.last_rewards = -self.tasks_in_cluster().astype(np.float64)
+        in_system = (self.status == WAITING) | (self.status == RUNNING)
+        self.age[in_system] += 1
+        run_ids = self.running[self.running != self.empty]
+        if run_ids.size:
+            self._progress(run_ids)
+        self.slot += 1
+        self.round = 0
+        self._arrive()
+        if self.next_arrival >= self.T and self.finished_count == self.T:
+            self.done = True
+        elif self.slot >= self.scenario.max_slots:
+            self.done = True
+            self.truncated = True
+
+    def _progress(self, ids: np.ndarray) -> None:
+        st = self.static
+        ttype = self.task_type[ids]
+        alloc = self.alloc[ids]
+        c = np.minimum(alloc[:, st.cpu], st.grid_max[st.cpu])
+        g = np.minimum(alloc[:, st.gpu], st.grid_max[st.gpu])
+        p = self.progress[ids]
+        dp = st.weight[ttype, c, g] * np.sqrt(np.maximum(SQRT_OFFSET - p, 0.0)) + st.base[ttype, c, g]
+        dp = dp / self.work[ids]
+        dp[(alloc < st.type_min[ttype]).any(axis=1)] = 0.0  # below minimum: no progress
+        switched = (alloc != self.prev_alloc[ids]).any(axis=1)
+        dp[switched] *= self.scenario.switch_weight
+        self.switches[ids[switched]] += 1
+        self.progress[ids] = p + dp
+        self.prev_alloc[ids] = alloc
+        self.attained[ids] += g
+        done = ids[self.progress[ids] >= 1.0 - FINISH_EPS]
+        for t in done:
+            self._finish(int(t))
+
+    def _finish(self, t: int) -> None:
+        self.status[t] = FINISHED
+        self.finish[t] = self.slot  # the slot whose end completed it
+        n = self.node[t]
+        self.node_free[n] += self.alloc[t]
+        a = self.cluster[t]
+        self.running[a, self.running[a] == t] = self.empty
+        self.num_running[a] -= 1
+        self.finished_count += 1
+
+    def _arrive(self) -> None:
+        wl = self.workload
+        while self.next_arrival < self.T and wl.arrival_slot[self.next_arrival] <= self.slot:
+            t = self.next_arrival
+            self.next_arrival += 1
+            self.status[t] = WAITING
+            for c in np.flatnonzero(self.visible[t]):
+                self.num_waiting[c] += 1
+                free = np.flatnonzero(self.window[c] == self.empty)
+                if free.size:
+                    self.window[c, free[0]] = t
+                else:
+                    self.queues[c].append(t)
+        for c in range(self.N):
+            q = self.queues[c]
+            if not q:
+                continue
+            free = np.flatnonzero(self.window[c] == self.empty)
+            k = 0
+            while q and k < free.size:
+                t = q.popleft()
+                if self.status[t] == WAITING:  # started elsewhere: dropped lazily here
+                    self.window[c, free[k]] = t
+                    k += 1
+
+    # ------------------------------------------------------------------ records
+    def task_records(self) -> dict[str, np.ndarray]:
+        """One row per task: arrival, start, finish, cluster, node, allocation, JCT."""
+        T = self.T
+        jct = np.where(self.status[:T] == FINISHED, self.age[:T], -1)
+        return {
+            "task": np.arange(T),
+            "type": self.task_type[:T].copy(),
+            "arrival": self.arrival[:T].copy(),
+            "start": self.start[:T].copy(),
+            "finish": self.finish[:T].copy(),
+            "cluster": self.cluster[:T].copy(),
+            "node": self.node[:T].copy(),
+            "alloc": self.first_alloc[:T].copy(),
+            "jct": jct,
+            "switches": self.switches[:T].copy(),
+            "deadline": self.deadline[:T].copy(),
+        }

@@ -1,0 +1,145 @@
+"""Progress models: how much of a task one slot completes under an allocation.
+
+Every model is reduced to two tables indexed by the (cpu, gpu) allocation,
+
+    Δp = W[c, g] · sqrt(1.2 − p) + B[c, g]
+
+which covers both the paper's synthetic formula (W = tanh(g / s), B = base) and measured
+profiles (W = 0, B = slot / (T(c, g) + start-up)). Tables keep the simulator's hot path a
+pair of numpy gathers; the minimum-requirement check is applied by the engine.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Shape constant of the paper's synthetic model: Δp = w · sqrt(1.2 − p) + base.
+SQRT_OFFSET = 1.2
+
+
+class ProfileError(ValueError):
+    """A profile table is missing, malformed or lacks a measurement a scenario needs."""
+
+
+@dataclass(frozen=True)
+class ProfileTable:
+    """Mean measured completion time (seconds) per (task, cpus, gpus), and peak memory if known."""
+
+    path: str
+    seconds: dict[tuple[str, int, int], float]
+    peak_mem_gib: dict[tuple[str, int, int], float]
+
+    def tasks(self) -> list[str]:
+        return sorted({k[0] for k in self.seconds})
+
+    def lookup(self, task: str, cpus: int, gpus: int) -> float:
+        try:
+            return self.seconds[(task, cpus, gpus)]
+        except KeyError:
+            raise ProfileError(
+                f"profile {self.path}: no measurement for task '{task}' with {cpus} CPUs and "
+                f"{gpus} GPUs. Fix: measure it (`tapfinger profile`), or lower the scenario's "
+                f"grid_max so that it does not ask for this allocation."
+            ) from None
+
+
+_HEADER_FIELDS = ("task", "cpus", "gpus", "seconds")
+
+
+def read_profile(path: str | Path) -> ProfileTable:
+    """Read a profile CSV in the testbed schema (task, cpus, gpus, seconds, ...).
+
+    The shared testbed file has no header and trailing loss-curve cells; files written by
+    `tapfinger profile` have a header and a `peak_mem_mb` column. Runs of the same
+    (task, cpus, gpus) are averaged.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"profile file not found: {path}")
+    sums: dict[tuple[str, int, int], list[float]] = {}
+    mems: dict[tuple[str, int, int], list[float]] = {}
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise ProfileError(f"profile {path} is empty. Fix: point the scenario at a CSV with rows "
+                           f"'task,cpus,gpus,seconds'.")
+    mem_col = None
+    start = 0
+    if rows[0] and rows[0][0].strip().lower() == "task":
+        header = [h.strip().lower() for h in rows[0]]
+        if tuple(header[:4]) != _HEADER_FIELDS:
+            raise ProfileError(f"profile {path}: header must start with {','.join(_HEADER_FIELDS)}, "
+                               f"got {','.join(header[:4])}")
+        mem_col = header.index("peak_mem_mb") if "peak_mem_mb" in header else None
+        start = 1
+    for lineno, row in enumerate(rows[start:], start=start + 1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 4:
+            raise ProfileError(f"profile {path}, line {lineno}: expected at least 4 columns "
+                               f"(task, cpus, gpus, seconds), got {len(row)}")
+        task = row[0].strip()
+        try:
+            cpus, gpus = int(row[1]), int(row[2])
+            seconds = float(row[3])
+        except ValueError:
+            raise ProfileError(f"profile {path}, line {lineno}: cpus and gpus must be integers and "
+                               f"seconds a number, got {row[1:4]}") from None
+        if cpus < 0 or gpus < 0 or not math.isfinite(seconds) or seconds <= 0:
+            raise ProfileError(f"profile {path}, line {lineno}: need cpus >= 0, gpus >= 0 and "
+                               f"seconds > 0, got cpus={cpus} gpus={gpus} seconds={seconds}")
+        key = (task, cpus, gpus)
+        sums.setdefault(key, []).append(seconds)
+        if mem_col is not None and mem_col < len(row) and row[mem_col].strip():
+            try:
+                mems.setdefault(key, []).append(float(row[mem_col]) / 1024.0)
+            except ValueError:
+                raise ProfileError(f"profile {path}, line {lineno}: peak_mem_mb must be a number, "
+                                   f"got {row[mem_col]!r}") from None
+    if not sums:
+        raise ProfileError(f"profile {path} has no data rows")
+    return ProfileTable(
+        path=str(path),
+        seconds={k: float(np.mean(v)) for k, v in sums.items()},
+        peak_mem_gib={k: float(np.max(v)) for k, v in mems.items()},
+    )
+
+
+def synthetic_tables(gpu_scale: float, base: float, cpu_max: int, gpu_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's synthetic model: W = tanh(g / gpu_scale) (0 when gpu_scale is 0), B = base."""
+    g = np.arange(gpu_max + 1, dtype=np.float64)
+    w_row = np.tanh(g / gpu_scale) if gpu_scale > 0 else np.zeros_like(g)
+    weight = np.broadcast_to(w_row, (cpu_max + 1, gpu_max + 1)).copy()
+    return weight, np.full((cpu_max + 1, gpu_max + 1), float(base))
+
+
+def profile_tables(table: ProfileTable, task: str, minimum_cpu: int, minimum_gpu: int,
+                   cpu_max: int, gpu_max: int, slot_seconds: float,
+                   startup_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Measured model: B[c, g] = slot / (T(c, g) + start-up) for every allocation at or above the minimum."""
+    if task not in table.tasks():
+        raise ProfileError(f"profile {table.path} has no task '{task}' (it has: "
+                           f"{', '.join(table.tasks())}). Fix: use one of those names as the task "
+                           f"type's `profile_task`.")
+    weight = np.zeros((cpu_max + 1, gpu_max + 1))
+    rate = np.zeros((cpu_max + 1, gpu_max + 1))
+    for c in range(minimum_cpu, cpu_max + 1):
+        for g in range(minimum_gpu, gpu_max + 1):
+            rate[c, g] = slot_seconds / (table.lookup(task, c, g) + startup_seconds)
+    return weight, rate
+
+
+def slots_to_finish(weight: float, base: float, work: float = 1.0, limit: int = 100_000) -> int:
+    """Number of slots a task needs when it runs alone with a fixed allocation (inf-safe)."""
+    if weight <= 0 and base <= 0:
+        return limit
+    p, n = 0.0, 0
+    while p < 1.0 and n < limit:
+        p += (weight * math.sqrt(max(SQRT_OFFSET - p, 0.0)) + base) / work
+        n += 1
+    return n
