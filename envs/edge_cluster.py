@@ -108,7 +108,19 @@ class EdgeClusterEnv(ParallelEnv):
                     if realloc is None:
                         realloc = np.full((e.N, e.M, e.R), -1, dtype=np.int64)
                     realloc[i] = re - 1
-        slot_ended = e.play_round(task, node, alloc, realloc)
+        return self._finish_round(e.play_round(task, node, alloc, realloc))
+
+    def step_arrays(self, task: np.ndarray, node: np.ndarray, alloc: np.ndarray,
+                    realloc: np.ndarray | None = None):
+        """`step()` for policies that act on all agents at once, with engine conventions:
+        task[i] = window place or -1, node[i] local node, alloc [N, R], realloc [N, M, R] with
+        -1 = keep (or None). Returns the same tuple as `step()`."""
+        if not self.agents:
+            raise RuntimeError("step_arrays() called on a finished episode; call reset() first")
+        return self._finish_round(self.engine.play_round(task, node, alloc, realloc))
+
+    def _finish_round(self, slot_ended: bool):
+        e = self.engine
         rewards = {a: float(e.last_rewards[i]) if slot_ended else 0.0 for i, a in enumerate(self.possible_agents)}
         terminated = e.done and not e.truncated
         truncated = e.truncated

@@ -1,0 +1,1 @@
+"""Heuristic schedulers, one module each (see agents/registry.py for their names)."""
