@@ -42,7 +42,9 @@ class EdgeClusterEnv(ParallelEnv):
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         self.engine = Engine(self.scenario, strict=strict)
         self.render_mode = render_mode
-        self.possible_agents = [c.name for c in self.scenario.clusters]
+        # Agent i acts for cluster i (its name is in `cluster_names`).
+        self.possible_agents = [f"cluster_{i}" for i in range(self.scenario.num_clusters)]
+        self.cluster_names = [c.name for c in self.scenario.clusters]
         self.agents: list[str] = []
         self._obs_space = observation_space(self.engine)
         grid = self.engine.static.grid_max
