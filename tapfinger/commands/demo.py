@@ -1,0 +1,28 @@
+"""`tapfinger demo`: the README's main job — every scheduler on the embedded default scenario."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tapfinger.commands.evaluate import add_common, evaluate_and_report
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="compare the schedulers on edge-default (table + plots)",
+                       description="Run the schedulers on the embedded edge-default scenario (no file "
+                                   "outside the package is needed), print the comparison table and write "
+                                   "plots. The learned policy is included when a checkpoint ships for the "
+                                   "scenario.")
+    add_common(p, "auto", 20)
+    p.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.policies == "auto":
+        from agents.registry import demo_policies
+
+        args.policies = ",".join(demo_policies(args.scenario))
+    evaluate_and_report(args, Path(args.out))
+    return 0

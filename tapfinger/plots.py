@@ -1,0 +1,73 @@
+"""PNG plots of an evaluation: bars with CIs, the JCT CDF, tasks in the system over time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_plots(results: dict, out_dir: Path) -> list[Path]:
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = results["policies"]
+    episodes = results["_episodes"]
+    names = sorted((n for n in res if n != "bound"), key=lambda n: res[n]["avg_jct"]["mean"])
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
+    means = [res[n]["avg_jct"]["mean"] for n in names]
+    err = np.array([[m - res[n]["avg_jct"]["ci95"][0], res[n]["avg_jct"]["ci95"][1] - m]
+                    for n, m in zip(names, means)]).T
+    ax.bar(names, means, yerr=err, capsize=4, color="tab:blue")
+    ax.axhline(res["bound"]["avg_jct"]["mean"], color="k", ls="--", lw=1, label="lower bound")
+    ax.set_ylabel("average JCT (slots), 95% CI")
+    ax.set_title(f"{results['scenario']}: {len(results['seeds'])} seeds")
+    ax.legend()
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    paths.append(out_dir / "avg_jct.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in names:
+        jct = np.concatenate([e.jct[e.jct >= 0] for e in episodes[n].values()])
+        xs = np.sort(jct)
+        ax.step(xs, np.arange(1, xs.size + 1) / xs.size, where="post", label=n)
+    ax.set_xscale("log")
+    ax.set_xlabel("JCT (slots, log scale)")
+    ax.set_ylabel("fraction of tasks")
+    ax.set_title(f"{results['scenario']}: JCT CDF, all seeds pooled")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "jct_cdf.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for n in names:
+        series = [e.in_system for e in episodes[n].values()]
+        length = max(len(s) for s in series)
+        padded = np.zeros((len(series), length))
+        for i, s in enumerate(series):
+            padded[i, : len(s)] = s  # zero tasks after an episode has ended
+        ax.plot(padded.mean(axis=0), label=n, lw=1)
+    ax.set_xlabel("slot")
+    ax.set_ylabel("tasks in the system (mean over seeds)")
+    ax.set_title(f"{results['scenario']}: tasks in the system over time")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "in_system.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
