@@ -1,0 +1,1 @@
+"""The learned TapFinger scheduler: graph-attention actor-critic trained with multi-agent PPO."""

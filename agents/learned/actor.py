@@ -1,0 +1,79 @@
+"""Sampling (or scoring) decisions with the actor heads: task first, then node, then each resource.
+
+The same function serves acting (actions=None: sample, or argmax when deterministic) and the
+PPO update (actions given: their log-probabilities and entropies under the current weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents.learned.batch import GraphBatch
+from agents.learned.model import TapFingerNet
+
+
+@dataclass
+class Decision:
+    place: torch.Tensor  # [S] window place, -1 = do nothing
+    node: torch.Tensor  # [S]
+    alloc: torch.Tensor  # [S, R]
+    logp_task: torch.Tensor  # [S]
+    logp_rest: torch.Tensor  # [S] node + allocation (0 when doing nothing)
+    entropy: torch.Tensor  # [S]
+    task_probs: torch.Tensor  # [S, W+1]
+
+
+def _pick(logits: torch.Tensor, given: torch.Tensor | None, deterministic: bool,
+          generator: torch.Generator | None) -> torch.Tensor:
+    if given is not None:
+        return given
+    if deterministic:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _logp_entropy(logits: torch.Tensor, choice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logp_all = torch.log_softmax(logits, dim=-1)
+    p = logp_all.exp()
+    entropy = -(p * logp_all).sum(dim=-1)
+    return logp_all.gather(1, choice.unsqueeze(1)).squeeze(1), entropy
+
+
+def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, masks: dict[str, torch.Tensor],
+           given: Decision | None = None, deterministic: bool = False,
+           generator: torch.Generator | None = None, pointer: bool = True) -> Decision:
+    """One (task, node, allocation) choice per row. `masks` holds per-row task_mask [S, W+1],
+    node_mask [S, W, Nn], alloc_low [S, W, R], alloc_high [S, Nn, R]."""
+    S = rows.shape[0]
+    ar = torch.arange(S, device=rows.device)
+    t_logits = net.task_logits(h, batch, rows, masks["task_mask"], pointer=pointer)
+    t_choice = _pick(t_logits, None if given is None else given.place + 1, deterministic, generator)
+    logp_task, ent_task = _logp_entropy(t_logits, t_choice)
+    start = t_choice > 0
+    place = (t_choice - 1).clamp(min=0)
+
+    n_logits = net.node_logits(h, batch, rows, place, masks["node_mask"][ar, place])
+    node = _pick(n_logits, None if given is None else given.node, deterministic, generator)
+    logp_node, ent_node = _logp_entropy(n_logits, node)
+
+    z = net.alloc_context(h, batch, rows, place, node)
+    low = masks["alloc_low"][ar, place]
+    high = masks["alloc_high"][ar, node]
+    amounts, logp_alloc, ent_alloc = [], torch.zeros(S, device=rows.device), torch.zeros(S, device=rows.device)
+    for r in range(len(net.cfg.grid_max)):
+        a_logits = net.alloc_logits(z, r, low[:, r], high[:, r], amounts)
+        a = _pick(a_logits, None if given is None else given.alloc[:, r], deterministic, generator)
+        lp, en = _logp_entropy(a_logits, a)
+        amounts.append(a)
+        logp_alloc = logp_alloc + lp
+        ent_alloc = ent_alloc + en
+    started = start.float()
+    return Decision(
+        place=torch.where(start, place, torch.full_like(place, -1)),
+        node=node, alloc=torch.stack(amounts, dim=1),
+        logp_task=logp_task, logp_rest=(logp_node + logp_alloc) * started,
+        entropy=ent_task + (ent_node + ent_alloc) * started,
+        task_probs=torch.softmax(t_logits, dim=-1))

@@ -1,0 +1,117 @@
+"""Checkpoints: written atomically with their metadata, loaded with `weights_only=True`, and
+refused with a clear message when they come from another scenario or model configuration."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from agents.learned.model import ModelConfig, TapFingerNet
+from tapfinger import __version__
+from tapfinger.scenario import Scenario
+
+FORMAT = "tapfinger-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: missing, corrupted, or made for something else."""
+
+
+def scenario_fingerprint(scenario: Scenario) -> str:
+    """What a policy depends on: resources, clusters and nodes, task types, grid and window."""
+    parts = (scenario.resources, tuple((c.nodes) for c in scenario.clusters),
+             tuple((t.name, t.minimum) for t in scenario.task_types), scenario.grid_max, scenario.window_size)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import torch_geometric
+
+    return {"tapfinger": __version__, "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def save_checkpoint(path: str | Path, *, net: TapFingerNet, scenario: Scenario, acting: dict, step: int,
+                    extra: dict | None = None) -> Path:
+    """Write atomically (temp file + rename): an interrupted save never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "scenario": scenario.name,
+        "scenario_fingerprint": scenario_fingerprint(scenario),
+        "model_config": net.cfg.to_dict(),
+        "acting": dict(acting),
+        "model_state": net.state_dict(),
+        "step": int(step),
+        "versions": library_versions(),
+    }
+    payload.update(extra or {})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class LoadedCheckpoint:
+    net: TapFingerNet
+    payload: dict
+    acting: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.payload["step"])
+
+
+def read_payload(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist. Fix: give the path of a file written by "
+                              f"`tapfinger train` (its run folder holds checkpoint.pt).")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); it is "
+                              f"corrupted, truncated or not a TapFinger checkpoint. Fix: use another checkpoint "
+                              f"or retrain.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file. Fix: use a checkpoint written by "
+                              f"`tapfinger train` of this version.")
+    return payload
+
+
+def load_checkpoint(path: str | Path, scenario: Scenario | None = None,
+                    expect_config: ModelConfig | None = None) -> LoadedCheckpoint:
+    payload = read_payload(path)
+    if scenario is not None and payload["scenario_fingerprint"] != scenario_fingerprint(scenario):
+        raise CheckpointError(
+            f"checkpoint {path} was trained on scenario '{payload['scenario']}', which differs from "
+            f"'{scenario.name}' (clusters, nodes, task types, grid or window). Fix: evaluate it on "
+            f"'{payload['scenario']}', or train a policy for '{scenario.name}' with `tapfinger train "
+            f"--scenario {scenario.name}`.")
+    cfg = ModelConfig(**payload["model_config"])
+    if expect_config is not None and cfg != expect_config:
+        diff = {k: (v, getattr(expect_config, k)) for k, v in cfg.to_dict().items()
+                if getattr(expect_config, k) != v}
+        raise CheckpointError(f"checkpoint {path} has another model configuration (checkpoint vs asked: {diff}). "
+                              f"Fix: use the same model flags as the run that wrote it, or start a new run folder.")
+    net = TapFingerNet(cfg)
+    try:
+        net.load_state_dict(payload["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the model ({str(exc)[:200]}). Fix: use a "
+                              f"checkpoint written by this version of tapfinger.") from None
+    return LoadedCheckpoint(net, payload, payload.get("acting", {}))
+
+
+def describe(payload: dict) -> str:
+    return (f"scenario {payload['scenario']}, step {payload['step']}, model {payload['model_config']}, "
+            f"versions {payload['versions']}, python {sys.version.split()[0]}")

@@ -1,0 +1,162 @@
+"""TapFinger's actor-critic: a heterogeneous graph-attention encoder, a pointer over each agent's
+window (plus "do nothing"), then node and per-resource allocation heads conditioned on the chosen
+task, all masked to feasible values; and a centralised critic over the global graph.
+
+log π(action) = log π(task) + log π(node | task) + Σ_r log π(alloc_r | task, node, alloc_<r).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GATv2Conv, HeteroConv
+from torch_geometric.utils import scatter
+
+from agents.learned.batch import GraphBatch
+from tapfinger.scenario import Scenario
+
+NEG = -1e9  # masked logit; finite so that fully-masked rows never produce NaN
+
+EDGE_TYPES = [("node", "in", "cluster"), ("cluster", "rev_in", "node"),
+              ("pending", "visible_to", "cluster"), ("cluster", "rev_visible_to", "pending"),
+              ("running", "placed_on", "node"), ("node", "rev_placed_on", "running")]
+VERTEX_TYPES = ("cluster", "node", "pending", "running")
+
+
+@dataclass
+class ModelConfig:
+    num_types: int
+    num_resources: int
+    grid_max: list[int]
+    max_nodes: int
+    window: int
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    encoder: str = "graph"  # "graph", or "mlp" for the no-graph ablation
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_scenario(cls, scenario: Scenario, **kw) -> "ModelConfig":
+        return cls(num_types=len(scenario.task_types), num_resources=scenario.num_resources,
+                   grid_max=list(scenario.grid_max), max_nodes=max(len(c.nodes) for c in scenario.clusters),
+                   window=scenario.window_size, **kw)
+
+    def feature_dims(self) -> dict[str, int]:
+        K, R = self.num_types, self.num_resources
+        return {"cluster": 2 * R + 3, "node": 2 * R, "pending": K + R + 4, "running": K + R + 2}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        H = cfg.hidden
+        self.cfg = cfg
+        self.inp = nn.ModuleDict({k: nn.Linear(d, H) for k, d in cfg.feature_dims().items()})
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        if cfg.encoder == "graph":
+            for _ in range(cfg.layers):
+                # Bipartite edges: no self loops; the skip connection below keeps a vertex's own state.
+                self.convs.append(HeteroConv({et: GATv2Conv((H, H), H // cfg.heads, heads=cfg.heads,
+                                                            add_self_loops=False) for et in EDGE_TYPES},
+                                             aggr="sum"))
+                self.norms.append(nn.ModuleDict({k: nn.LayerNorm(H) for k in VERTEX_TYPES}))
+        elif cfg.encoder != "mlp":
+            raise ValueError(f"unknown encoder {cfg.encoder!r}; use 'graph' or 'mlp'")
+        self.post = nn.ModuleDict({k: nn.Linear(H, H) for k in VERTEX_TYPES}) if cfg.encoder == "mlp" else None
+
+    def forward(self, batch: GraphBatch) -> dict[str, torch.Tensor]:
+        h = {k: F.relu(self.inp[k](batch.x[k])) for k in VERTEX_TYPES}
+        if self.post is not None:
+            return {k: F.relu(self.post[k](v)) for k, v in h.items()}
+        edges = {et: e for et, e in batch.edges.items() if e.numel()}
+        for conv, norm in zip(self.convs, self.norms):
+            present = {k: v for k, v in h.items() if v.shape[0]}
+            out = conv(present, {et: e for et, e in edges.items() if et[0] in present and et[2] in present})
+            h = {k: norm[k](v + F.relu(out[k])) if k in out else v for k, v in h.items()}
+        return h
+
+
+class TapFingerNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        H = cfg.hidden
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.ctx = mlp(2 * H, H, H)
+        self.q = nn.Linear(H, H, bias=False)
+        self.k = nn.Linear(H, H, bias=False)
+        self.v = nn.Linear(H, 1, bias=False)
+        self.none_head = mlp(H, H, 1)
+        self.node_head = mlp(3 * H, H, 1)
+        self.alloc_in = mlp(3 * H, H, H)
+        self.alloc_heads = nn.ModuleList([nn.Linear(H, g + 1) for g in cfg.grid_max])
+        self.alloc_embed = nn.ModuleList([nn.Embedding(g + 1, H) for g in cfg.grid_max])
+        self.critic = mlp(2 * H, H, 1)
+
+    # ------------------------------------------------------------------ shared parts
+    def encode(self, batch: GraphBatch) -> dict[str, torch.Tensor]:
+        h = self.encoder(batch)
+        glob = scatter(h["cluster"], batch.cluster_round, dim=0, dim_size=batch.num_rounds, reduce="mean")
+        pooled = torch.cat([h["cluster"][batch.agent_row], glob[batch.round_of_agent]], dim=-1)
+        h["agent"] = self.ctx(pooled)
+        h["value_in"] = pooled
+        return h
+
+    def values(self, h: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.critic(h["value_in"]).squeeze(-1)
+
+    def window_embeddings(self, h: dict, batch: GraphBatch, rows: torch.Tensor) -> torch.Tensor:
+        wr = batch.window_row[rows]
+        pend = h["pending"][wr.clamp(min=0)] if h["pending"].shape[0] else \
+            torch.zeros(*wr.shape, self.cfg.hidden, device=wr.device)
+        return pend * (wr >= 0).unsqueeze(-1)
+
+    def task_logits(self, h: dict, batch: GraphBatch, rows: torch.Tensor, task_mask: torch.Tensor,
+                    pointer: bool = True) -> torch.Tensor:
+        ctx = h["agent"][rows]
+        pend = self.window_embeddings(h, batch, rows)
+        if pointer:
+            score = self.v(torch.tanh(self.q(ctx).unsqueeze(1) + self.k(pend))).squeeze(-1)
+            logits = torch.cat([self.none_head(ctx), score], dim=1)
+        else:  # ablation: uniform over the feasible choices
+            logits = torch.zeros(task_mask.shape, device=ctx.device)
+        return logits.masked_fill(~task_mask, NEG)
+
+    def node_logits(self, h: dict, batch: GraphBatch, rows: torch.Tensor, place: torch.Tensor,
+                    node_mask: torch.Tensor) -> torch.Tensor:
+        ctx = h["agent"][rows]
+        tp = self.window_embeddings(h, batch, rows)[torch.arange(len(rows)), place]
+        nr = batch.node_row[rows]
+        nodes = h["node"][nr.clamp(min=0)]
+        n = nodes.shape[1]
+        z = torch.cat([ctx.unsqueeze(1).expand(-1, n, -1), tp.unsqueeze(1).expand(-1, n, -1), nodes], dim=-1)
+        return self.node_head(z).squeeze(-1).masked_fill(~node_mask, NEG)
+
+    def alloc_context(self, h: dict, batch: GraphBatch, rows: torch.Tensor, place: torch.Tensor,
+                      node: torch.Tensor) -> torch.Tensor:
+        ctx = h["agent"][rows]
+        tp = self.window_embeddings(h, batch, rows)[torch.arange(len(rows)), place]
+        nr = batch.node_row[rows][torch.arange(len(rows)), node]
+        return self.alloc_in(torch.cat([ctx, tp, h["node"][nr.clamp(min=0)]], dim=-1))
+
+    def alloc_logits(self, z: torch.Tensor, r: int, low: torch.Tensor, high: torch.Tensor,
+                     previous: list[torch.Tensor]) -> torch.Tensor:
+        for rr, a in enumerate(previous):
+            z = z + self.alloc_embed[rr](a)  # autoregressive: later resources see earlier amounts
+        logits = self.alloc_heads[r](F.relu(z))
+        amounts = torch.arange(logits.shape[1], device=z.device)
+        ok = (amounts >= low.unsqueeze(1)) & (amounts <= high.unsqueeze(1))
+        ok[:, 0] |= ~ok.any(dim=1)  # rows without a feasible amount (unused) stay finite
+        return logits.masked_fill(~ok, NEG)

@@ -1,0 +1,238 @@
+"""The training loop behind `tapfinger train`: optional imitation warm start, then multi-agent PPO;
+TensorBoard logs, periodic evaluation against the best heuristic, atomic resumable checkpoints.
+
+Resuming is exact: every random draw of an iteration (episode seeds, action sampling, minibatch
+order) is derived from (seed, iteration), and the checkpoint holds the weights, the optimiser
+state and the iteration, so N steps straight and N/2 + resume + N/2 give identical parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agents.learned.checkpoint import CheckpointError, load_checkpoint, read_payload, save_checkpoint
+from agents.learned.collect import Collector
+from agents.learned.model import ModelConfig, TapFingerNet
+from agents.learned.policy import ActingOptions
+from agents.learned.ppo import PPOConfig, build_samples, imitation_update, ppo_update
+from tapfinger.scenario import Scenario
+
+EVAL_SEED_START = 900  # evaluation seeds during training; `tapfinger evaluate` defaults to >= 1000
+
+
+@dataclass
+class TrainConfig:
+    scenario: str
+    run_dir: str
+    device: str = "cpu"
+    envs: int = 2
+    total_steps: int = 100_000  # environment rounds
+    seed: int = 0
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    encoder: str = "graph"
+    multi_task: bool = False
+    bayes: bool = True
+    imitate: str = ""  # heuristic to imitate first ("" = none)
+    imitation_episodes: int = 0
+    imitation_epochs: int = 10
+    reward_scale: float = 0.05
+    eval_every: int = 5  # iterations
+    eval_seeds: int = 5
+    eval_heuristic: str = "greedy"
+    checkpoint_every: int = 1  # iterations
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+
+    def model_config(self, scenario: Scenario) -> ModelConfig:
+        return ModelConfig.for_scenario(scenario, hidden=self.hidden, layers=self.layers, heads=self.heads,
+                                        encoder=self.encoder)
+
+    def acting(self) -> dict:
+        return asdict(ActingOptions(multi_task=self.multi_task, bayes=self.bayes))
+
+    def hparam_table(self) -> str:
+        flat = {k: v for k, v in asdict(self).items() if k != "ppo"}
+        flat.update({f"ppo.{k}": v for k, v in asdict(self.ppo).items()})
+        return "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items())
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state()}
+
+
+def evaluate_policy(scenario: Scenario, net: TapFingerNet, acting: dict, seeds: list[int]) -> float:
+    from agents.learned.collect import play_episode
+    from agents.learned.policy import Planner
+
+    planner = Planner(net, scenario, ActingOptions(**acting))
+    g = torch.Generator()
+    jcts = []
+    for s in seeds:
+        g.manual_seed(s)
+        jcts.append(play_episode(scenario, planner, s, g, deterministic=True).avg_jct)
+    return float(np.mean(jcts))
+
+
+def heuristic_avg_jct(scenario: Scenario, name: str, seeds: list[int]) -> float:
+    from agents.registry import make_policy
+    from tapfinger.rollout import run_episode
+
+    pol = make_policy(name, scenario)
+    return float(np.mean([run_episode(scenario, pol, s).avg_jct for s in seeds]))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, scenario: Scenario, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.scenario = scenario
+        self.run_dir = Path(cfg.run_dir)
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but torch sees no CUDA device. Fix: use --device cpu, or "
+                               "install a CUDA build of torch on a GPU machine.")
+        self.ckpt_path = self.run_dir / "checkpoint.pt"
+        self.progress = progress
+        torch.manual_seed(cfg.seed)
+        self.model_cfg = cfg.model_config(scenario)
+        self.net = TapFingerNet(self.model_cfg).to(self.device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+        self.iteration = 0
+        self.steps = 0
+        self.imitation_done = False
+        self.history: list[dict] = []
+        if resume:
+            self._resume()
+        elif self.ckpt_path.exists():
+            raise RuntimeError(f"{self.ckpt_path} exists. Fix: pass --resume to continue that run, or choose a "
+                               f"new --run-dir.")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _resume(self) -> None:
+        if not self.ckpt_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at {self.ckpt_path}. Fix: drop --resume to start a run "
+                                  f"there, or give the run folder of an earlier `tapfinger train`.")
+        ckpt = load_checkpoint(self.ckpt_path, self.scenario, expect_config=self.model_cfg)
+        payload = ckpt.payload
+        if payload.get("acting") != self.cfg.acting():
+            raise CheckpointError(f"{self.ckpt_path} was trained with acting options {payload.get('acting')}, "
+                                  f"not {self.cfg.acting()}. Fix: use the same --multi-task/--no-bayes flags.")
+        self.net.load_state_dict(ckpt.net.state_dict())
+        self.optimizer.load_state_dict(payload["optimizer_state"])
+        self.iteration = int(payload["iteration"])
+        self.steps = int(payload["step"])
+        self.imitation_done = bool(payload.get("imitation_done", False))
+        self.history = json.loads(payload.get("history", "[]"))
+        torch.set_rng_state(payload["rng"]["torch"])
+
+    def save(self) -> None:
+        save_checkpoint(self.ckpt_path, net=self.net, scenario=self.scenario, acting=self.cfg.acting(),
+                        step=self.steps, extra={"optimizer_state": self.optimizer.state_dict(),
+                                                "iteration": self.iteration, "rng": _rng_state(),
+                                                "imitation_done": self.imitation_done,
+                                                "train_config": json.dumps(asdict(self.cfg)),
+                                                "history": json.dumps(self.history)})
+
+    # ------------------------------------------------------------------ loop
+    def _jobs(self, n: int, seed_base: int, teacher: str = "") -> list[tuple]:
+        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        cfg = self.model_cfg.to_dict()
+        return [(self.scenario, cfg, state, self.cfg.acting(), seed_base + e,
+                 (self.cfg.seed * 1_000_003 + seed_base + e) % (2**31), self.cfg.reward_scale, teacher)
+                for e in range(n)]
+
+    def train(self, log=print) -> dict:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(self.run_dir))
+        if self.iteration == 0 and not self.imitation_done:
+            writer.add_text("hyperparameters", self.cfg.hparam_table())
+        collector = Collector(self.cfg.envs)
+        eval_seeds = list(range(EVAL_SEED_START, EVAL_SEED_START + self.cfg.eval_seeds))
+        baseline = None
+        try:
+            if self.cfg.imitate and not self.imitation_done:
+                self._imitate(collector, writer, log)
+            bar = tqdm(total=self.cfg.total_steps, initial=min(self.steps, self.cfg.total_steps), unit="step",
+                       desc=f"train {self.scenario.name}", disable=not self.progress)
+            while self.steps < self.cfg.total_steps:
+                t0 = time.perf_counter()
+                # Training episodes use seeds from 10_000 up: never the evaluation seeds (< 10_000).
+                seed_base = 10_000 + self.iteration * self.cfg.envs + self.cfg.seed * 1_000_000
+                episodes = collector.run(self._jobs(self.cfg.envs, seed_base))
+                rounds = sum(e.num_rounds for e in episodes)
+                samples = build_samples(episodes, self.cfg.ppo.gamma, self.cfg.ppo.gae_lambda)
+                t1 = time.perf_counter()
+                self.net.train()
+                stats = ppo_update(self.net, self.optimizer, samples, episodes, self.cfg.ppo,
+                                   np.random.default_rng([self.cfg.seed, self.iteration]), self.device)
+                self.net.eval()
+                t2 = time.perf_counter()
+                self.iteration += 1
+                self.steps += rounds
+                bar.update(rounds)
+                writer.add_scalar("charts/episodic_return", float(np.mean([e.episodic_return for e in episodes])),
+                                  self.steps)
+                writer.add_scalar("charts/avg_jct", float(np.mean([e.avg_jct for e in episodes])), self.steps)
+                writer.add_scalar("charts/SPS", rounds / (t2 - t0), self.steps)
+                writer.add_scalar("charts/updates_per_s", 1.0 / max(t2 - t1, 1e-9), self.steps)
+                for k, v in stats.items():
+                    writer.add_scalar(f"losses/{k}", v, self.steps)
+                entry = {"iteration": self.iteration, "step": self.steps,
+                         "train_avg_jct": float(np.mean([e.avg_jct for e in episodes])),
+                         "sps": rounds / (t2 - t0), "collect_s": t1 - t0, "update_s": t2 - t1,
+                         "wall": time.time(), **stats}
+                if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
+                    if baseline is None:
+                        baseline = heuristic_avg_jct(self.scenario, self.cfg.eval_heuristic, eval_seeds)
+                    ev = evaluate_policy(self.scenario, self.net.cpu(), self.cfg.acting(), eval_seeds)
+                    self.net.to(self.device)
+                    writer.add_scalar("eval/avg_jct", ev, self.steps)
+                    writer.add_scalar(f"eval/avg_jct_{self.cfg.eval_heuristic}", baseline, self.steps)
+                    entry["eval_avg_jct"] = ev
+                    entry[f"eval_avg_jct_{self.cfg.eval_heuristic}"] = baseline
+                    bar.set_postfix(eval_jct=f"{ev:.3f}", **{self.cfg.eval_heuristic: f"{baseline:.3f}"})
+                self.history.append(entry)
+                if self.iteration % self.cfg.checkpoint_every == 0 or self.steps >= self.cfg.total_steps:
+                    self.save()
+            bar.close()
+        finally:
+            collector.close()
+            writer.close()
+        self.save()
+        return {"iterations": self.iteration, "steps": self.steps, "history": self.history}
+
+    def _imitate(self, collector: Collector, writer, log) -> None:
+        n = self.cfg.imitation_episodes or 2 * self.cfg.envs
+        seed_base = 5_000_000 + self.cfg.seed * 1000
+        jobs = self._jobs(n, seed_base, teacher=self.cfg.imitate)
+        episodes = collector.run(jobs)
+        samples = build_samples(episodes, self.cfg.ppo.gamma, 1.0)  # values 0: Monte-Carlo returns
+        losses = imitation_update(self.net, self.optimizer, samples, episodes, self.cfg.imitation_epochs,
+                                  self.cfg.ppo.minibatch_rounds, np.random.default_rng([self.cfg.seed, 7]),
+                                  self.device)
+        for i, l in enumerate(losses):
+            writer.add_scalar("imitation/nll", l, i)
+        log(f"imitation of {self.cfg.imitate}: {len(samples)} decisions from {n} episodes, "
+            f"NLL {losses[0]:.3f} -> {losses[-1]:.3f}")
+        self.imitation_done = True
+        self.save()
+
+
+def export_policy_checkpoint(run_checkpoint: Path, out: Path, eval_results: dict | None = None) -> Path:
+    """A small shippable checkpoint: weights and metadata, without optimiser state."""
+    payload = read_payload(run_checkpoint)
+    slim = {k: v for k, v in payload.items() if k not in ("optimizer_state", "rng", "history")}
+    if eval_results is not None:
+        slim["evaluation"] = json.dumps(eval_results)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(slim, tmp)
+    tmp.replace(out)
+    return out
