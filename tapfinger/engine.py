@@ -85,11 +85,16 @@ def build_static_tables(scenario: Scenario) -> StaticTables:
                                   c_max, g_max, scenario.slot_seconds, scenario.startup_seconds)
         weights.append(w)
         bases.append(b)
-    # A cluster runs at most, per node, as many tasks as the smallest minimum fits (a task
-    # needs at least its minimum to start); this bounds the padded running lists.
-    safe_min = np.where(type_min > 0, type_min, 1)
-    per_node = np.where(type_min[None, :, :] > 0, node_capacity[:, None, :] // safe_min[None, :, :],
-                        np.iinfo(np.int64).max).min(axis=2).max(axis=1)  # [num_nodes]
+    # A cluster runs at most, per node, as many tasks as the smallest minimum of each resource fits
+    # (a task needs at least its minimum to start); this bounds the padded running lists and never
+    # blocks a start that fits, even when task types have different minimum shapes.
+    everyone_needs = (type_min > 0).all(axis=0)  # resources every task type asks for
+    smallest = np.where(type_min > 0, type_min, np.iinfo(np.int64).max).min(axis=0)
+    if everyone_needs.any():
+        per_node = (node_capacity[:, everyone_needs] // smallest[everyone_needs]).min(axis=1)
+    else:  # each task still needs some resource: the counts of all resources bound the total
+        used = smallest < np.iinfo(np.int64).max
+        per_node = (node_capacity[:, used] // smallest[used]).sum(axis=1)
     max_running = np.asarray([int(per_node[node_cluster == ci].sum()) for ci in range(scenario.num_clusters)],
                              dtype=np.int64)
     return StaticTables(node_capacity, node_cluster, cluster_nodes,

@@ -34,8 +34,10 @@ def library_versions() -> dict[str, str]:
     import numpy
     import torch_geometric
 
-    return {"tapfinger": __version__, "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+    return {"tapfinger": __version__, "torch": str(torch.__version__),
+            "torch_geometric": str(torch_geometric.__version__), "numpy": str(numpy.__version__),
+            "python": platform.python_version()}
 
 
 def save_checkpoint(path: str | Path, *, net: TapFingerNet, scenario: Scenario, acting: dict, step: int,
@@ -79,7 +81,9 @@ def read_payload(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); it is "
+        text = str(exc)
+        reason = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), text[:160])
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {reason}); it is "
                               f"corrupted, truncated or not a TapFinger checkpoint. Fix: use another checkpoint "
                               f"or retrain.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -1,0 +1,142 @@
+"""Distance from optimal: every registered policy against the exact offline optimum.
+
+Over many small random instances (tapfinger.optimal.small_scenario: 2-3 one-node clusters of
+4..8 CPUs and GPUs, IMG and LM tasks, about a dozen tasks), it solves the optimum with HiGHS,
+runs each policy of agents/registry.py on the same arrivals (same seed), and prints a markdown
+table of avg_jct / optimal (mean and 95% CI over instances), and of the per-task lower bound
+(tapfinger/bounds.py) and the integer program's LP relaxation over the optimum.
+
+    .venv/bin/python scripts/optimality_gap.py --instances 50
+    .venv/bin/python scripts/optimality_gap.py --instances 10 --policies random min fifo
+
+The optimum is non-preemptive and ignores the pending window (see tapfinger/optimal.py): a
+preemptive policy may score a ratio below 1, a non-preemptive one never should; the script
+counts both, and how many optima were not replayable in the engine (a window overflowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+from tqdm import tqdm
+
+from agents.registry import make_policy, policy_names
+from tapfinger.bounds import lower_bound
+from tapfinger.optimal import WindowOverflowError, optimal, replay_schedule, small_scenario
+from tapfinger.rollout import run_episode
+from tapfinger.workload import make_workload
+
+
+@dataclass
+class PolicyStats:
+    preemptive: bool | None = None
+    ratios: list[float] = field(default_factory=list)
+    avg_jct: list[float] = field(default_factory=list)
+    truncated: int = 0
+    failed: str = ""
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the t-interval of the mean (the interval collapses for fewer than 2 values)."""
+    x = np.asarray(values, dtype=np.float64)
+    m = float(x.mean())
+    if x.size < 2 or np.all(x == x[0]):
+        return m, m, m
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return m, m - half, m + half
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--instances", type=int, default=50, help="random instances (default 50)")
+    ap.add_argument("--seed", type=int, default=0, help="first instance seed (default 0)")
+    ap.add_argument("--clusters", type=int, nargs="+", default=[2, 3],
+                    help="cluster counts, used in turn (default 2 3)")
+    ap.add_argument("--tasks", type=int, default=12, help="tasks per instance (default 12)")
+    ap.add_argument("--rate", type=float, default=2.0, help="Poisson arrivals per slot (default 2)")
+    ap.add_argument("--policies", nargs="+", default=None,
+                    help="policy names (default: all of agents/registry.py)")
+    ap.add_argument("--time-limit", type=float, default=300.0, help="HiGHS seconds per instance")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = args.policies or policy_names()
+    per_policy = {n: PolicyStats() for n in names}
+    bound_ratio, lp_ratio, opt_values, milp_seconds, binaries = [], [], [], [], []
+    overflow = 0
+    for i in tqdm(range(args.instances), desc="instances", unit="inst"):
+        seed = args.seed + i
+        scenario = small_scenario(args.clusters[i % len(args.clusters)], seed=seed, tasks=args.tasks,
+                                  rate=args.rate)
+        workload = make_workload(scenario, seed)  # what run_episode(…, seed) replays
+        t0 = time.perf_counter()
+        sched = optimal(scenario, workload, time_limit=args.time_limit)
+        milp_seconds.append(time.perf_counter() - t0)
+        binaries.append(sched.num_binaries)
+        opt = sched.avg_jct
+        opt_values.append(opt)
+        bound_ratio.append(lower_bound(scenario, workload)[1] / opt)
+        lp_ratio.append(sched.lp_bound / opt)
+        try:
+            replay_schedule(scenario, workload, sched)
+        except WindowOverflowError:
+            overflow += 1
+        for name in names:
+            st = per_policy[name]
+            if st.failed:
+                continue
+            try:
+                policy = make_policy(name, scenario, seed=seed)
+                res = run_episode(scenario, policy, seed)
+            except Exception as exc:  # a policy under construction must not sink the study
+                st.failed = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"policy {name} skipped: {st.failed}", stacklevel=1)
+                continue
+            st.preemptive = bool(policy.preemptive)
+            if res.truncated:
+                st.truncated += 1
+                continue
+            st.avg_jct.append(res.avg_jct)
+            st.ratios.append(res.avg_jct / opt)
+
+    ms = np.asarray(milp_seconds)
+    print(f"\n### Distance from optimal ({args.instances} instances: {args.tasks} tasks, "
+          f"clusters {args.clusters}, rate {args.rate}, seeds {args.seed}..{args.seed + args.instances - 1})\n")
+    m, lo, hi = mean_ci(opt_values)
+    print(f"optimal avg JCT: {m:.3f} [{lo:.3f}, {hi:.3f}]; MILP time per instance: mean {ms.mean():.2f} s, "
+          f"median {np.median(ms):.2f} s, max {ms.max():.2f} s; binaries: mean {np.mean(binaries):.0f}, "
+          f"max {max(binaries)}; optima not replayable (window overflow): {overflow}\n")
+    print("| policy | preemptive | avg JCT | avg JCT / optimal [95% CI] | worst ratio | below optimal |")
+    print("|---|---|---|---|---|---|")
+    m, lo, hi = mean_ci(bound_ratio)
+    print(f"| *lower bound* (bounds.py) | – | – | {m:.3f} [{lo:.3f}, {hi:.3f}] | {min(bound_ratio):.3f} (lowest) | – |")
+    m, lo, hi = mean_ci(lp_ratio)
+    print(f"| *LP relaxation* | – | – | {m:.3f} [{lo:.3f}, {hi:.3f}] | {min(lp_ratio):.3f} (lowest) | – |")
+    rows = [(n, s) for n, s in per_policy.items() if s.ratios]
+    rows.sort(key=lambda r: float(np.mean(r[1].ratios)))
+    for name, st in rows:
+        m, lo, hi = mean_ci(st.ratios)
+        below = sum(r < 1 - 1e-9 for r in st.ratios)
+        note = f" ({st.truncated} truncated)" if st.truncated else ""
+        print(f"| {name}{note} | {'yes' if st.preemptive else 'no'} | {np.mean(st.avg_jct):.3f} | "
+              f"{m:.3f} [{lo:.3f}, {hi:.3f}] | {max(st.ratios):.3f} | {below} |")
+    for name, st in per_policy.items():
+        if st.failed:
+            print(f"\n{name}: skipped ({st.failed})")
+    bad = [n for n, s in per_policy.items() if s.preemptive is False and any(r < 1 - 1e-9 for r in s.ratios)]
+    if bad:
+        print(f"\nWARNING: non-preemptive policies below the optimum (a bug somewhere): {', '.join(bad)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Per-task lower bound on an episode's average JCT, exact to the engine's arithmetic.
+
+Each task is imagined alone in the system: started in its arrival slot, on the best node of
+the best cluster that sees it, with the fixed allocation that finishes it in the fewest slots
+(at least the task type's minimum, at most `grid_max`, at most the node's capacity). JCT counts
+slot ends in the system, so a task started in its arrival slot that needs d slots has JCT d,
+and no schedule can give it less: the bound holds for every non-preemptive policy.
+
+It also holds for the preemptive ones with the shipped progress models: there the per-slot
+progress of one allocation dominates every other allocation's at every progress level
+(synthetic: W grows with the GPUs, B is constant; profile: W = 0), a re-allocation only
+scales a slot's progress by `switch_weight` <= 1, a pause makes none, and p + Δp(p) is
+non-decreasing in p (W <= 2·sqrt(0.2)), so being behind never helps to catch up.
+
+Slot counts are computed with exactly the engine's float operations (`Engine._progress`: the
+same formula, the same order, division by the task's work, finish at p >= 1 - FINISH_EPS), so a
+task that the engine finishes in d slots gets d here, never d ± 1 from rounding.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from tapfinger.engine import FINISH_EPS, StaticTables, build_static_tables
+from tapfinger.progress import SQRT_OFFSET
+from tapfinger.scenario import Scenario
+from tapfinger.workload import Workload
+
+# Slot count of an allocation that never finishes (below the minimum, or zero progress).
+NEVER = np.iinfo(np.int64).max // 4
+# A task that needs more slots than this alone is treated as never finishing (guards the loop).
+SLOT_LIMIT = 1_000_000
+
+
+@lru_cache(maxsize=16)
+def static_tables(scenario: Scenario) -> StaticTables:
+    """`build_static_tables`, cached: scenarios are frozen, and profile scenarios read a CSV."""
+    return build_static_tables(scenario)
+
+
+@lru_cache(maxsize=256)
+def _slot_table(scenario: Scenario, work: float) -> np.ndarray:
+    st = static_tables(scenario)
+    K, C1, G1 = st.weight.shape
+    c = np.arange(C1)[None, :, None]
+    g = np.arange(G1)[None, None, :]
+    at_min = (c >= st.type_min[:, st.cpu][:, None, None]) & (g >= st.type_min[:, st.gpu][:, None, None])
+    weight, base = st.weight, st.base
+    slots = np.full((K, C1, G1), NEVER, dtype=np.int64)
+    # Cells with W = B = 0 would loop forever; cells below the minimum make no progress.
+    active = at_min & ((weight > 0) | (base > 0))
+    p = np.zeros((K, C1, G1))
+    w_act, b_act = weight[active], base[active]
+    p_act = p[active]
+    idx = np.flatnonzero(active)
+    n = 0
+    while idx.size and n < SLOT_LIMIT:
+        n += 1
+        # Same expression and evaluation order as Engine._progress.
+        dp = w_act * np.sqrt(np.maximum(SQRT_OFFSET - p_act, 0.0)) + b_act
+        dp = dp / np.float64(work)
+        p_act = p_act + dp
+        done = p_act >= 1.0 - FINISH_EPS
+        if done.any():
+            slots.flat[idx[done]] = n
+            keep = ~done
+            idx, w_act, b_act, p_act = idx[keep], w_act[keep], b_act[keep], p_act[keep]
+    slots.setflags(write=False)
+    return slots
+
+
+def slot_table(scenario: Scenario, work: float = 1.0) -> np.ndarray:
+    """[K, C+1, G+1] slots a task of each type (and this work) needs alone at a fixed (cpu, gpu)
+    allocation, as the engine counts them; NEVER below the minimum. Cached per (scenario, work)."""
+    return _slot_table(scenario, float(work))
+
+
+def alloc_range(scenario: Scenario, type_index: int, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """[low, high] per resource a task of this type may get on a node of this capacity, or None
+    if the node cannot hold its minimum."""
+    st = static_tables(scenario)
+    low = st.type_min[type_index]
+    high = np.minimum(st.grid_max, np.asarray(capacity, dtype=np.int64))
+    if np.any(low > high):
+        return None
+    return low, high
+
+
+@lru_cache(maxsize=256)
+def _best_per_node(scenario: Scenario, work: float) -> np.ndarray:
+    st = static_tables(scenario)
+    table = _slot_table(scenario, work)
+    K, num_nodes = st.type_min.shape[0], st.node_capacity.shape[0]
+    best = np.full((K, num_nodes), NEVER, dtype=np.int64)
+    # Nodes of equal capacity share the answer; there are few distinct capacities.
+    caps, inverse = np.unique(st.node_capacity, axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    for k in range(K):
+        for ci, cap in enumerate(caps):
+            rng = alloc_range(scenario, k, cap)
+            if rng is None:
+                continue
+            low, high = rng
+            sub = table[k, low[st.cpu]: high[st.cpu] + 1, low[st.gpu]: high[st.gpu] + 1]
+            best[k, inverse == ci] = sub.min()
+    best.setflags(write=False)
+    return best
+
+
+def best_slots_per_node(scenario: Scenario, work: float = 1.0) -> np.ndarray:
+    """[K, num_nodes]: fewest slots a task of each type needs alone on each node (NEVER if its
+    minimum does not fit there)."""
+    return _best_per_node(scenario, float(work))
+
+
+def lower_bound(scenario: Scenario, workload: Workload) -> tuple[np.ndarray, float]:
+    """Per-task lower bound on JCT (int64 [T]) and its mean, the bound on the episode's avg JCT.
+
+    A task no visible node can ever run gets NEVER (and the mean is inf): no policy finishes it.
+    """
+    st = static_tables(scenario)
+    T = workload.num_tasks
+    if T == 0:
+        return np.zeros(0, dtype=np.int64), float("nan")
+    vis_node = workload.visible[:, st.node_cluster]  # [T, num_nodes]
+    per_task = np.full(T, NEVER, dtype=np.int64)
+    works = np.asarray(workload.work, dtype=np.float64)
+    for w in np.unique(works):  # one table per distinct amount of work (usually just 1.0)
+        rows = np.flatnonzero(works == w)
+        best = _best_per_node(scenario, float(w))[workload.task_type[rows]]  # [rows, nodes]
+        per_task[rows] = np.where(vis_node[rows], best, NEVER).min(axis=1)
+    mean = float("inf") if np.any(per_task >= NEVER) else float(per_task.mean())
+    return per_task, mean

@@ -1,0 +1,172 @@
+"""The learned scheduler: masks, log-probabilities, conflicts, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from agents.learned.batch import collate, round_arrays
+from agents.learned.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agents.learned.collect import play_episode
+from agents.learned.conflicts import fit_count, resolve
+from agents.learned.model import ModelConfig, TapFingerNet
+from agents.learned.policy import ActingOptions, Planner
+from agents.learned.ppo import PPOConfig, build_samples, evaluate_samples
+from agents.learned.train import TrainConfig, Trainer
+from tests.helpers import small
+
+
+def make_net(scenario, **kw):
+    torch.manual_seed(0)
+    return TapFingerNet(ModelConfig.for_scenario(scenario, hidden=32, **kw))
+
+
+@pytest.mark.parametrize("name, multi", [("synthetic-3", False), ("edge-default", True), ("edge-default", False)])
+def test_sampled_actions_respect_masks_over_an_episode(name, multi):
+    from tapfinger.engine import Engine
+    from envs.observations import build_observations
+
+    sc = small(name, tasks=40)
+    planner = Planner(make_net(sc), sc, ActingOptions(multi_task=multi))
+    eng = Engine(sc, strict=True)  # any infeasible action raises
+    eng.reset(1)
+    g = torch.Generator().manual_seed(0)
+    while not eng.done:
+        a, _ = planner.act(build_observations(eng), generator=g)
+        eng.play_round(a.task, a.node, a.alloc)
+    assert eng.finished_count == 40
+
+
+def test_stored_log_probabilities_match_re_evaluation():
+    sc = small("edge-default", tasks=30)
+    net = make_net(sc)
+    planner = Planner(net, sc, ActingOptions(multi_task=True))
+    ep = play_episode(sc, planner, 3, torch.Generator().manual_seed(1))
+    samples = build_samples([ep], 0.95, 0.9)
+    assert samples
+    with torch.no_grad():
+        logp, entropy, values = evaluate_samples(net, samples, [ep], torch.device("cpu"))
+    old = torch.tensor([s.old_logp for s in samples], dtype=logp.dtype)
+    torch.testing.assert_close(logp, old, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(values, torch.tensor([s.old_value for s in samples], dtype=values.dtype),
+                               atol=1e-5, rtol=1e-5)
+    assert (entropy >= 0).all()
+
+
+def test_conflict_winner_by_bayes_posterior_and_by_score():
+    tasks = np.array([7, 7, -1])
+    probs = np.array([0.6, 0.5, 0.0])
+    fits = np.array([1.0, 6.0, 0.0])  # agent 1 has far more room for the task
+    assert resolve(tasks, probs, fits, bayes=True).tolist() == [False, True, False]
+    assert resolve(tasks, probs, fits, bayes=False).tolist() == [True, False, False]
+
+
+def test_fit_count_counts_minimum_per_node():
+    free = np.array([[16, 4], [8, 8], [0, 0]])
+    assert fit_count(free, np.array([True, True, False]), np.array([2, 1])) == 4 + 4
+
+
+def test_loser_allocation_log_probability_left_out():
+    from agents.learned.policy import AgentDecision, Step
+    from agents.learned.ppo import decision_logp
+
+    step = Step({}, 0, 0, np.zeros(2, dtype=np.int64), 5, 0.5, logp_task=-1.0, logp_rest=-2.0)
+    assert decision_logp([step], lost=False) == -3.0
+    assert decision_logp([step], lost=True) == -1.0
+
+
+def test_graph_batch_offsets_rows():
+    from envs.observations import build_observations
+    from tapfinger.engine import Engine
+
+    sc = small("edge-default", tasks=20)
+    eng = Engine(sc)
+    eng.reset(0)
+    r = round_arrays(build_observations(eng), sc)
+    b = collate([r, r])
+    P = r["pending_x"].shape[0]
+    assert b.x["pending"].shape[0] == 2 * P
+    W = r["window_row"].shape[1]
+    second = b.window_row[eng.N:]
+    assert ((second == -1) | (second >= P)).all() and second.shape == (eng.N, W)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def tiny_config(run_dir, total, **kw) -> TrainConfig:
+    return TrainConfig(scenario="synthetic-3", run_dir=str(run_dir), envs=1, total_steps=total, hidden=16, layers=1,
+                       imitate="min", imitation_episodes=1, imitation_epochs=1, eval_every=0,
+                       ppo=PPOConfig(epochs=1, minibatch_rounds=16), **kw)
+
+
+def test_resume_gives_identical_parameters(tmp_path):
+    sc = small("synthetic-3", tasks=12)
+    straight = Trainer(tiny_config(tmp_path / "a", 90), sc, progress=False)
+    straight.train(log=lambda *_: None)
+    half = Trainer(tiny_config(tmp_path / "b", 45), sc, progress=False)
+    half.train(log=lambda *_: None)
+    resumed = Trainer(tiny_config(tmp_path / "b", 90), sc, resume=True, progress=False)
+    assert resumed.iteration == half.iteration > 0
+    resumed.train(log=lambda *_: None)
+    assert resumed.iteration == straight.iteration
+    for (k, v1), (_, v2) in zip(straight.net.state_dict().items(), resumed.net.state_dict().items()):
+        assert torch.equal(v1, v2), k
+
+
+def test_training_writes_tensorboard_names_and_refuses_to_overwrite(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sc = small("synthetic-3", tasks=12)
+    cfg = dataclasses.replace(tiny_config(tmp_path, 30), eval_every=1, eval_seeds=1, eval_heuristic="min")
+    Trainer(cfg, sc, progress=False).train(log=lambda *_: None)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for name in ["charts/episodic_return", "charts/SPS", "losses/policy_loss", "losses/value_loss",
+                 "losses/entropy", "losses/approx_kl", "losses/clipfrac", "eval/avg_jct", "eval/avg_jct_min"]:
+        assert name in tags
+    assert "hyperparameters/text_summary" in acc.Tags()["tensors"]
+    with pytest.raises(RuntimeError, match="pass --resume"):
+        Trainer(cfg, sc, progress=False)
+
+
+def test_checkpoint_refusals(tmp_path):
+    sc = small("synthetic-3", tasks=12)
+    net = make_net(sc)
+    path = save_checkpoint(tmp_path / "c.pt", net=net, scenario=sc, acting={}, step=3)
+    assert load_checkpoint(path, sc).step == 3
+    from tapfinger.scenario import load_scenario
+
+    with pytest.raises(CheckpointError, match="trained on scenario 'synthetic-3'.*hetero-6"):
+        load_checkpoint(path, load_scenario("hetero-6"))
+    with pytest.raises(CheckpointError, match="another model configuration"):
+        load_checkpoint(path, sc, expect_config=ModelConfig.for_scenario(sc, hidden=64))
+    data = path.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted, truncated"):
+        load_checkpoint(tmp_path / "trunc.pt", sc)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt", sc)
+    torch.save({"format": "other"}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a tapfinger-checkpoint-1"):
+        load_checkpoint(tmp_path / "foreign.pt", sc)
+
+
+def test_resume_with_other_model_flags_is_refused(tmp_path):
+    sc = small("synthetic-3", tasks=12)
+    Trainer(tiny_config(tmp_path, 20), sc, progress=False).train(log=lambda *_: None)
+    other = dataclasses.replace(tiny_config(tmp_path, 40), hidden=32)
+    with pytest.raises(CheckpointError, match="another model configuration"):
+        Trainer(other, sc, resume=True, progress=False)
+
+
+def test_cuda_flag_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    sc = small("synthetic-3", tasks=12)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        Trainer(dataclasses.replace(tiny_config(tmp_path, 10), device="cuda"), sc, progress=False)
