@@ -6,6 +6,9 @@ decision, with its masks updated after each choice (the chosen task removed, the
 resources reduced). The environment starts one task per agent per round, so the rest of the
 sequence is played in the following rounds of the same slot (dropped if a step has become
 infeasible, e.g. another cluster started that task).
+
+Liveness rule: a cluster that runs nothing and has a startable task must start one (its "do
+nothing" choice is masked), so no policy can stall an episode forever.
 """
 
 from __future__ import annotations
@@ -151,6 +154,11 @@ class Planner:
     def _sample_sequences(self, h, batch, rows, obs, fresh, deterministic, generator):
         n_steps = self.options.max_sequence if self.options.multi_task else 1
         masks = [{k: obs[k][i].copy() for k in MASK_KEYS} for i in fresh]
+        for j, i in enumerate(fresh):
+            if not (obs["running_id"][i] >= 0).any():
+                # Liveness: an idle cluster with a startable task may not pass. Waiting there never
+                # frees anything, and an untrained (or argmax) policy could otherwise stall forever.
+                masks[j]["task_mask"][0] = 0
         free = [obs["node_free"][i].copy() for i in fresh]
         occupied = [obs["window_id"][i] >= 0 for i in fresh]
         room = [int(self.static.max_running[i] - (obs["running_id"][i] >= 0).sum()) for i in fresh]

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True, help="folder for TensorBoard logs and the checkpoint")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the update runs (default cpu)")
     p.add_argument("--envs", type=int, default=2, help="environments stepping in parallel worker processes")
-    p.add_argument("--total-steps", type=int, default=100_000, help="environment rounds to train for")
+    p.add_argument("--total-steps", type=int, default=100_000, help="environment rounds of PPO (0 = only the imitation warm start)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--imitate", default="greedy",
@@ -43,8 +43,8 @@ def config_from_args(args: argparse.Namespace):
     from agents.learned.ppo import PPOConfig
     from agents.learned.train import TrainConfig
 
-    if args.envs < 1 or args.total_steps < 1:
-        raise ValueError("--envs and --total-steps must be at least 1")
+    if args.envs < 1 or args.total_steps < 0:
+        raise ValueError("--envs must be at least 1 and --total-steps at least 0 (0 = imitation only)")
     return TrainConfig(scenario=args.scenario, run_dir=args.run_dir, device=args.device, envs=args.envs,
                        total_steps=args.total_steps, seed=args.seed, hidden=args.hidden, layers=args.layers,
                        heads=args.heads, encoder=args.encoder, multi_task=args.multi_task, bayes=not args.no_bayes,
