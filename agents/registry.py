@@ -11,6 +11,16 @@ from tapfinger.scenario import Scenario
 POLICIES: dict[str, str] = {
     "random": "agents.heuristics.simple:RandomPolicy",
     "min": "agents.heuristics.simple:MinPolicy",
+    "optimus": "agents.heuristics.optimus:OptimusPolicy",
+    "optimus-np": "agents.heuristics.optimus:OptimusNPPolicy",
+    "optimus-paper": "agents.heuristics.optimus:OptimusPaperPolicy",
+    "tiresias": "agents.heuristics.tiresias:TiresiasPolicy",
+    "tiresias-np": "agents.heuristics.tiresias:TiresiasNPPolicy",
+    "fifo": "agents.heuristics.queue_order:FifoPolicy",
+    "sjf": "agents.heuristics.queue_order:SjfPolicy",
+    "drf": "agents.heuristics.queue_order:DrfPolicy",
+    "greedy": "agents.heuristics.greedy:GreedyPolicy",
+    "tapfinger": "agents.learned.policy:LearnedPolicy",
 }
 
 
@@ -23,3 +33,34 @@ def make_policy(name: str, scenario: Scenario, seed: int = 0, **kwargs) -> Polic
         raise ValueError(f"unknown policy {name!r}. Fix: use one of {', '.join(POLICIES)}")
     module, cls = POLICIES[name].split(":")
     return getattr(importlib.import_module(module), cls)(scenario, seed=seed, **kwargs)
+
+
+# What the demo compares, strongest first; names not (yet) registered are skipped.
+DEMO_HEURISTICS = ["greedy", "optimus", "tiresias", "sjf", "fifo", "drf", "min", "random"]
+
+
+def shipped_checkpoint(scenario_name: str):
+    """The checkpoint shipped in `checkpoints/` for a scenario, or None."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "checkpoints" / f"{scenario_name}.pt"
+    return path if path.is_file() else None
+
+
+def policy_options(name: str, scenario: Scenario, checkpoint: str | None = None) -> dict:
+    """Constructor options of a policy for an evaluation (learned policies need a checkpoint)."""
+    if name.startswith("tapfinger"):
+        path = checkpoint or shipped_checkpoint(scenario.name)
+        if path is None:
+            raise ValueError(f"no checkpoint for policy {name!r} on scenario {scenario.name!r}. Fix: pass "
+                             f"--checkpoint PATH (from `tapfinger train`), or use a scenario with a shipped "
+                             f"checkpoint in checkpoints/.")
+        return {"checkpoint": str(path)}
+    return {}
+
+
+def demo_policies(scenario_name: str) -> list[str]:
+    names = [n for n in DEMO_HEURISTICS if n in POLICIES]
+    if "tapfinger" in POLICIES and shipped_checkpoint(scenario_name) is not None:
+        names.insert(0, "tapfinger")
+    return names

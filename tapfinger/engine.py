@@ -322,7 +322,9 @@ class Engine:
         dp = st.weight[ttype, c, g] * np.sqrt(np.maximum(SQRT_OFFSET - p, 0.0)) + st.base[ttype, c, g]
         dp = dp / self.work[ids]
         dp[(alloc < st.type_min[ttype]).any(axis=1)] = 0.0  # below minimum: no progress
-        switched = (alloc != self.prev_alloc[ids]).any(axis=1)
+        # Only a task present at the previous slot end can have switched: one started in this
+        # slot and re-allocated in a later round of it has no previous allocation to differ from.
+        switched = (alloc != self.prev_alloc[ids]).any(axis=1) & (self.start[ids] < self.slot)
         dp[switched] *= self.scenario.switch_weight
         self.switches[ids[switched]] += 1
         self.progress[ids] = p + dp

@@ -192,3 +192,13 @@ def test_trace_progress_matches_measured_table():
     from tapfinger.progress import read_profile
     t = read_profile(eng.scenario.profile).lookup("lm", 4, 2)
     assert eng.progress[0] == pytest.approx(5.0 / (t + 14.0))
+
+
+def test_task_started_and_reallocated_in_the_same_slot_is_not_switched():
+    eng = engine_with("synthetic-3", [(0, "LM", [0])])
+    start(eng, {0: (0, 0, [2, 16])})
+    realloc = np.full((eng.N, eng.M, eng.R), -1, dtype=np.int64)
+    realloc[0, 0] = [2, 8]
+    eng.play_round(np.full(eng.N, -1), np.zeros(eng.N, dtype=np.int64), np.zeros((eng.N, eng.R), dtype=np.int64),
+                   realloc)  # slot ends: first slot end of the task, with the new allocation
+    assert eng.progress[0] == pytest.approx(math.tanh(0.5) * math.sqrt(1.2))
