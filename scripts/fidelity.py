@@ -14,9 +14,7 @@ options (values are Python literals or bare strings), e.g. `optimus:fit_points=a
 (Optimus with the authors' mis-paired fit data, which is what the reference numbers measure;
 see agents/heuristics/optimus.py).
 
-`--preview-switch-fix` runs on an engine subclass that does not count a switch for a task
-re-allocated in the slot it started (the reference simulator's rule; our engine counts one
-at the time of writing). trace-3 takes a few seconds per episode for tiresias; the default
+trace-3 takes a few seconds per episode for tiresias; the default
 run takes about 5 minutes on 2 free cores.
 """
 
@@ -44,7 +42,7 @@ REFERENCE: dict[str, dict[str, tuple[float, float, float]]] = {
     "trace-3": {"optimus": (23.43, 23.31, 23.55), "tiresias": (331.0, 324.0, 339.0),
                 "random": (111.6, 105.7, 117.5), "min": (23.51, 23.40, 23.63)},
 }
-DEFAULT_POLICIES = ["optimus", "tiresias", "random", "min", "optimus:fit_points=authors"]
+DEFAULT_POLICIES = ["optimus", "optimus-paper", "tiresias", "random", "min"]
 
 
 def parse_policy(spec: str) -> tuple[str, dict]:
@@ -68,46 +66,25 @@ class Job:
     scenario: str
     policy: str  # spec, as given on the command line
     seed: int
-    switch_fix: bool
 
 
 _CACHE: dict = {}  # per worker process: scenarios, policies (Optimus fits once) and engines
 
 
-def _engine_class(switch_fix: bool) -> type:
-    from tapfinger.engine import Engine
-
-    if not switch_fix:
-        return Engine
-
-    class SwitchFixEngine(Engine):
-        """Preview of a proposed engine fix (see the Optimus/Tiresias report): a task started
-        in the current slot has no previous slot end, so a re-allocation before its first
-        slot end must not count as a switch. Remove once the engine does this itself."""
-
-        def _apply_realloc(self, agent: int, realloc: np.ndarray) -> None:
-            super()._apply_realloc(agent, realloc)
-            for k in np.flatnonzero((realloc >= 0).any(axis=1)):
-                t = self.running[agent, k]
-                if self.start[t] == self.slot:
-                    self.prev_alloc[t] = self.alloc[t]
-
-    return SwitchFixEngine
-
-
 def run_job(job: Job) -> tuple[Job, float, float, bool]:
     """One episode; returns (job, avg JCT, wall seconds, truncated)."""
     from agents.registry import make_policy
+    from tapfinger.engine import Engine
     from tapfinger.rollout import run_episode
     from tapfinger.scenario import load_scenario
 
-    key = (job.scenario, job.policy, job.switch_fix)
+    key = (job.scenario, job.policy)
     if key not in _CACHE:
         if ("scenario", job.scenario) not in _CACHE:
             _CACHE[("scenario", job.scenario)] = load_scenario(job.scenario)
         scen = _CACHE[("scenario", job.scenario)]
         name, kwargs = parse_policy(job.policy)
-        _CACHE[key] = (scen, make_policy(name, scen, **kwargs), _engine_class(job.switch_fix)(scen))
+        _CACHE[key] = (scen, make_policy(name, scen, **kwargs), Engine(scen))
     scen, policy, engine = _CACHE[key]
     t0 = time.perf_counter()
     res = run_episode(scen, policy, job.seed, engine=engine)
@@ -136,8 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", nargs="+", default=list(REFERENCE))
     ap.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--preview-switch-fix", action="store_true",
-                    help="run on an engine with the proposed switch-penalty fix (see SwitchFixEngine)")
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
@@ -146,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     # slowest first, so the two workers finish together
     cost = {"trace-3": 20.0, "trace-6": 40.0, "synthetic-6": 2.0, "hetero-6": 2.0}
     pcost = {"tiresias": 5.0, "optimus": 2.0}
-    jobs = [Job(sc, p, s, args.preview_switch_fix) for sc in args.scenarios for p in args.policies
+    jobs = [Job(sc, p, s) for sc in args.scenarios for p in args.policies
             for s in range(args.seeds)]
     jobs.sort(key=lambda j: -cost.get(j.scenario, 1.0) * pcost.get(parse_policy(j.policy)[0], 1.0))
     results: dict[tuple[str, str], list[float]] = {}
@@ -158,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault((job.scenario, job.policy), []).append(jct)
             seconds.setdefault((job.scenario, job.policy), []).append(sec)
             truncated += trunc
-    engine_note = " (engine with the proposed switch-penalty fix)" if args.preview_switch_fix else ""
-    print(f"Average JCT (slots), {args.seeds} seeds, mean [95% CI]{engine_note}\n")
+    print(f"Average JCT (slots), {args.seeds} seeds, mean [95% CI]\n")
     print("| scenario | policy | ours | reference | ours / ref − 1 | s / episode |")
     print("|---|---|---|---|---|---|")
     for sc in args.scenarios:
