@@ -37,9 +37,12 @@ class Episode:
 
 
 def play_episode(scenario: Scenario, planner: Planner, seed: int, generator: torch.Generator,
-                 deterministic: bool = False, reward_scale: float = 0.05, teacher=None) -> Episode:
-    """One episode. With `teacher` (a heuristic Policy), the teacher acts and its choices are recorded
-    as single-step decisions (for imitation); otherwise the planner acts and records its own."""
+                 deterministic: bool = False, reward_scale: float = 0.05, teacher=None,
+                 learner_acts: bool = False) -> Episode:
+    """One episode. With `teacher` (a heuristic Policy), the teacher's choices are recorded as
+    single-step decisions (for imitation); the teacher also acts, unless `learner_acts` (DAgger:
+    the learner visits the states, the teacher labels them). Without a teacher the planner acts
+    and records its own decisions (for PPO)."""
     eng = Engine(scenario)
     eng.reset(seed)
     planner.reset()
@@ -51,8 +54,10 @@ def play_episode(scenario: Scenario, planner: Planner, seed: int, generator: tor
         if teacher is None:
             actions, record = planner.act(obs, deterministic=deterministic, generator=generator)
         else:
-            actions = teacher.act(obs)
-            record = teacher_record(obs, actions, scenario)
+            labels = teacher.act(obs)
+            record = teacher_record(obs, labels, scenario)
+            actions = planner.act(obs, deterministic=deterministic, generator=generator)[0] if learner_acts \
+                else labels
         in_system = int(((eng.status == 1) | (eng.status == 2)).sum())
         slot_end = eng.play_round(actions.task, actions.node, actions.alloc, actions.realloc)
         rounds.append(record)
@@ -89,8 +94,9 @@ def _init_worker() -> None:
 
 
 def collect_job(job: tuple) -> Episode:
-    """(scenario, model config dict, state dict, acting dict, seed, sample seed, reward scale, teacher)."""
-    scenario, cfg, state, acting, seed, sample_seed, reward_scale, teacher_name = job
+    """(scenario, model config dict, state dict, acting dict, seed, sample seed, reward scale, teacher,
+    learner_acts)."""
+    scenario, cfg, state, acting, seed, sample_seed, reward_scale, teacher_name, learner_acts = job
     torch.set_num_threads(1)
     net = TapFingerNet(ModelConfig(**cfg))
     net.load_state_dict(state)
@@ -103,7 +109,8 @@ def collect_job(job: tuple) -> Episode:
         from agents.registry import make_policy
 
         teacher = make_policy(teacher_name, scenario, seed=seed)
-    return play_episode(scenario, planner, seed, g, reward_scale=reward_scale, teacher=teacher)
+    return play_episode(scenario, planner, seed, g, reward_scale=reward_scale, teacher=teacher,
+                        learner_acts=learner_acts)
 
 
 class Collector:

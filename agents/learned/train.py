@@ -44,6 +44,7 @@ class TrainConfig:
     imitate: str = ""  # heuristic to imitate first ("" = none)
     imitation_episodes: int = 0
     imitation_epochs: int = 10
+    dagger_rounds: int = 0  # after cloning: rounds of learner-visited states labelled by the teacher
     reward_scale: float = 0.05
     eval_every: int = 5  # iterations
     eval_seeds: int = 5
@@ -141,11 +142,11 @@ class Trainer:
                                                 "history": json.dumps(self.history)})
 
     # ------------------------------------------------------------------ loop
-    def _jobs(self, n: int, seed_base: int, teacher: str = "") -> list[tuple]:
+    def _jobs(self, n: int, seed_base: int, teacher: str = "", learner_acts: bool = False) -> list[tuple]:
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         cfg = self.model_cfg.to_dict()
         return [(self.scenario, cfg, state, self.cfg.acting(), seed_base + e,
-                 (self.cfg.seed * 1_000_003 + seed_base + e) % (2**31), self.cfg.reward_scale, teacher)
+                 (self.cfg.seed * 1_000_003 + seed_base + e) % (2**31), self.cfg.reward_scale, teacher, learner_acts)
                 for e in range(n)]
 
     def train(self, log=print) -> dict:
@@ -210,18 +211,29 @@ class Trainer:
         return {"iterations": self.iteration, "steps": self.steps, "history": self.history}
 
     def _imitate(self, collector: Collector, writer, log) -> None:
+        """Behaviour cloning of the teacher, then DAgger: the learner plays, the teacher labels the
+        states the learner visits, and the aggregated data is fitted again."""
         n = self.cfg.imitation_episodes or 2 * self.cfg.envs
         seed_base = 5_000_000 + self.cfg.seed * 1000
-        jobs = self._jobs(n, seed_base, teacher=self.cfg.imitate)
-        episodes = collector.run(jobs)
-        samples = build_samples(episodes, self.cfg.ppo.gamma, 1.0)  # values 0: Monte-Carlo returns
-        losses = imitation_update(self.net, self.optimizer, samples, episodes, self.cfg.imitation_epochs,
-                                  self.cfg.ppo.minibatch_rounds, np.random.default_rng([self.cfg.seed, 7]),
-                                  self.device)
-        for i, l in enumerate(losses):
-            writer.add_scalar("imitation/nll", l, i)
-        log(f"imitation of {self.cfg.imitate}: {len(samples)} decisions from {n} episodes, "
-            f"NLL {losses[0]:.3f} -> {losses[-1]:.3f}")
+        episodes = collector.run(self._jobs(n, seed_base, teacher=self.cfg.imitate))
+        rng = np.random.default_rng([self.cfg.seed, 7])
+        step = 0
+        for k in range(self.cfg.dagger_rounds + 1):
+            if k:
+                new = collector.run(self._jobs(max(1, n // 2), seed_base + 100_000 * k, teacher=self.cfg.imitate,
+                                               learner_acts=True))
+                log(f"DAgger round {k}: learner avg JCT {np.mean([e.avg_jct for e in new]):.3f}")
+                writer.add_scalar("imitation/learner_avg_jct", float(np.mean([e.avg_jct for e in new])), k)
+                episodes = episodes + new
+            samples = build_samples(episodes, self.cfg.ppo.gamma, 1.0)  # values 0: Monte-Carlo returns
+            epochs = self.cfg.imitation_epochs if k == 0 else max(2, self.cfg.imitation_epochs // 3)
+            losses = imitation_update(self.net, self.optimizer, samples, episodes, epochs,
+                                      self.cfg.ppo.minibatch_rounds, rng, self.device)
+            for l in losses:
+                writer.add_scalar("imitation/nll", l, step)
+                step += 1
+            log(f"imitation of {self.cfg.imitate} (round {k}): {len(samples)} decisions from {len(episodes)} "
+                f"episodes, NLL {losses[0]:.3f} -> {losses[-1]:.3f}")
         self.imitation_done = True
         self.save()
 

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="heuristic to imitate before PPO (warm start; default greedy; '' to skip)")
     p.add_argument("--imitation-episodes", type=int, default=0, help="teacher episodes (default 2 x envs)")
     p.add_argument("--imitation-epochs", type=int, default=10)
+    p.add_argument("--dagger-rounds", type=int, default=0,
+                   help="after cloning, rounds where the learner plays and the teacher labels its states")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=2)
@@ -49,7 +51,8 @@ def config_from_args(args: argparse.Namespace):
                        total_steps=args.total_steps, seed=args.seed, hidden=args.hidden, layers=args.layers,
                        heads=args.heads, encoder=args.encoder, multi_task=args.multi_task, bayes=not args.no_bayes,
                        imitate=args.imitate, imitation_episodes=args.imitation_episodes,
-                       imitation_epochs=args.imitation_epochs, eval_every=args.eval_every,
+                       imitation_epochs=args.imitation_epochs, dagger_rounds=args.dagger_rounds,
+                       eval_every=args.eval_every,
                        eval_seeds=args.eval_seeds,
                        ppo=PPOConfig(lr=args.lr, ent_coef=args.ent_coef, epochs=args.epochs))
 
