@@ -7,8 +7,8 @@ import importlib
 from agents.base import Policy
 from tapfinger.scenario import Scenario
 
-# name -> "module:Class"
-POLICIES: dict[str, str] = {
+# name -> "module:Class", or ("module:Class", constructor options)
+POLICIES: dict[str, str | tuple[str, dict]] = {
     "random": "agents.heuristics.simple:RandomPolicy",
     "min": "agents.heuristics.simple:MinPolicy",
     "optimus": "agents.heuristics.optimus:OptimusPolicy",
@@ -21,6 +21,12 @@ POLICIES: dict[str, str] = {
     "drf": "agents.heuristics.queue_order:DrfPolicy",
     "greedy": "agents.heuristics.greedy:GreedyPolicy",
     "tapfinger": "agents.learned.policy:LearnedPolicy",
+    # ablations of the learned policy (DESIGN.md; issue "learned scheduler", item 7)
+    "tapfinger-no-pointer": ("agents.learned.policy:LearnedPolicy", {"pointer": False}),
+    "tapfinger-no-bayes": ("agents.learned.policy:LearnedPolicy", {"bayes": False}),
+    "tapfinger-single": ("agents.learned.policy:LearnedPolicy", {"multi_task": False}),
+    "tapfinger-multi": ("agents.learned.policy:LearnedPolicy", {"multi_task": True}),
+    "tapfinger-mlp": "agents.learned.policy:LearnedPolicy",  # its own checkpoint: <scenario>-mlp.pt
 }
 
 
@@ -31,8 +37,10 @@ def policy_names() -> list[str]:
 def make_policy(name: str, scenario: Scenario, seed: int = 0, **kwargs) -> Policy:
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}. Fix: use one of {', '.join(POLICIES)}")
-    module, cls = POLICIES[name].split(":")
-    return getattr(importlib.import_module(module), cls)(scenario, seed=seed, **kwargs)
+    entry = POLICIES[name]
+    target, preset = (entry, {}) if isinstance(entry, str) else entry
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(scenario, seed=seed, **{**preset, **kwargs})
 
 
 # What the demo compares, strongest first; names not (yet) registered are skipped.
@@ -49,6 +57,12 @@ def shipped_checkpoint(scenario_name: str):
 
 def policy_options(name: str, scenario: Scenario, checkpoint: str | None = None) -> dict:
     """Constructor options of a policy for an evaluation (learned policies need a checkpoint)."""
+    if name == "tapfinger-mlp":  # the no-graph ablation is a separately trained network
+        path = shipped_checkpoint(f"{scenario.name}-mlp")
+        if path is None:
+            raise ValueError(f"no no-graph (MLP) checkpoint ships for scenario {scenario.name!r}. Fix: train one "
+                             f"with `tapfinger train --encoder mlp` and save it as checkpoints/{scenario.name}-mlp.pt.")
+        return {"checkpoint": str(path)}
     if name.startswith("tapfinger"):
         path = checkpoint or shipped_checkpoint(scenario.name)
         if path is None:

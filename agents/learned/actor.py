@@ -50,7 +50,9 @@ def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, ma
     S = rows.shape[0]
     ar = torch.arange(S, device=rows.device)
     t_logits = net.task_logits(h, batch, rows, masks["task_mask"], pointer=pointer)
-    t_choice = _pick(t_logits, None if given is None else given.place + 1, deterministic, generator)
+    # Without the pointer the task choice is uniform over the feasible ones: sampled even when the
+    # rest of the decision is deterministic (an argmax of equal scores would always pick the first).
+    t_choice = _pick(t_logits, None if given is None else given.place + 1, deterministic and pointer, generator)
     logp_task, ent_task = _logp_entropy(t_logits, t_choice)
     start = t_choice > 0
     place = (t_choice - 1).clamp(min=0)

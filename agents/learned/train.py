@@ -109,6 +109,7 @@ class Trainer:
         self.steps = 0
         self.imitation_done = False
         self.history: list[dict] = []
+        self.started = time.time()  # wall clock of the run's start (kept across resumes)
         if resume:
             self._resume()
         elif self.ckpt_path.exists():
@@ -131,6 +132,7 @@ class Trainer:
         self.steps = int(payload["step"])
         self.imitation_done = bool(payload.get("imitation_done", False))
         self.history = json.loads(payload.get("history", "[]"))
+        self.started = float(payload.get("started", self.started))
         torch.set_rng_state(payload["rng"]["torch"])
 
     def save(self) -> None:
@@ -138,6 +140,7 @@ class Trainer:
                         step=self.steps, extra={"optimizer_state": self.optimizer.state_dict(),
                                                 "iteration": self.iteration, "rng": _rng_state(),
                                                 "imitation_done": self.imitation_done,
+                                                "started": self.started,
                                                 "train_config": json.dumps(asdict(self.cfg)),
                                                 "history": json.dumps(self.history)})
 
