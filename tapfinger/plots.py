@@ -16,6 +16,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(results: dict, out_dir: Path) -> list[Path]:
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -34,10 +41,7 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     ax.set_title(f"{results['scenario']}: {len(results['seeds'])} seeds")
     ax.legend()
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    paths.append(out_dir / "avg_jct.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir / "avg_jct.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for n in names:
@@ -49,10 +53,7 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("fraction of tasks")
     ax.set_title(f"{results['scenario']}: JCT CDF, all seeds pooled")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "jct_cdf.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir / "jct_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for n in names:
@@ -66,8 +67,5 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("tasks in the system (mean over seeds)")
     ax.set_title(f"{results['scenario']}: tasks in the system over time")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "in_system.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir / "in_system.png"))
     return paths
