@@ -135,8 +135,8 @@ class Trainer:
         self.started = float(payload.get("started", self.started))
         torch.set_rng_state(payload["rng"]["torch"])
 
-    def save(self) -> None:
-        save_checkpoint(self.ckpt_path, net=self.net, scenario=self.scenario, acting=self.cfg.acting(),
+    def save(self, path: Path | None = None) -> None:
+        save_checkpoint(path or self.ckpt_path, net=self.net, scenario=self.scenario, acting=self.cfg.acting(),
                         step=self.steps, extra={"optimizer_state": self.optimizer.state_dict(),
                                                 "iteration": self.iteration, "rng": _rng_state(),
                                                 "imitation_done": self.imitation_done,
@@ -201,6 +201,8 @@ class Trainer:
                     writer.add_scalar("eval/avg_jct", ev, self.steps)
                     writer.add_scalar(f"eval/avg_jct_{self.cfg.eval_heuristic}", baseline, self.steps)
                     entry["eval_avg_jct"] = ev
+                    if ev < min((h.get("eval_avg_jct", np.inf) for h in self.history), default=np.inf):
+                        self.save(self.run_dir / "best.pt")  # the best evaluation so far, for shipping
                     entry[f"eval_avg_jct_{self.cfg.eval_heuristic}"] = baseline
                     bar.set_postfix(eval_jct=f"{ev:.3f}", **{self.cfg.eval_heuristic: f"{baseline:.3f}"})
                 self.history.append(entry)
