@@ -121,16 +121,22 @@ def synthetic_tables(gpu_scale: float, base: float, cpu_max: int, gpu_max: int) 
 def profile_tables(table: ProfileTable, task: str, minimum_cpu: int, minimum_gpu: int,
                    cpu_max: int, gpu_max: int, slot_seconds: float,
                    startup_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """Measured model: B[c, g] = slot / (T(c, g) + start-up) for every allocation at or above the minimum."""
+    """Measured model: B[c, g] = slot / (T(c, g) + start-up) for every allocation at or above the minimum.
+
+    A task measured on CPUs only (every row of it has gpus = 0, as `tapfinger profile` writes
+    on a machine without CUDA) is taken to gain nothing from GPUs: T(c, g) = T(c, 0) for every
+    g. Otherwise every (c, g) cell the scenario can allocate must have been measured.
+    """
     if task not in table.tasks():
         raise ProfileError(f"profile {table.path} has no task '{task}' (it has: "
                            f"{', '.join(table.tasks())}). Fix: use one of those names as the task "
                            f"type's `profile_task`.")
+    cpu_only = not any(k[0] == task and k[2] > 0 for k in table.seconds)
     weight = np.zeros((cpu_max + 1, gpu_max + 1))
     rate = np.zeros((cpu_max + 1, gpu_max + 1))
     for c in range(minimum_cpu, cpu_max + 1):
         for g in range(minimum_gpu, gpu_max + 1):
-            rate[c, g] = slot_seconds / (table.lookup(task, c, g) + startup_seconds)
+            rate[c, g] = slot_seconds / (table.lookup(task, c, 0 if cpu_only else g) + startup_seconds)
     return weight, rate
 
 

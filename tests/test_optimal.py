@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agents.registry import POLICIES, make_policy, policy_names
+from agents.registry import make_policy, policy_names
 from tapfinger.bounds import NEVER, lower_bound, slot_table, static_tables
 from tapfinger.engine import Engine
 from tapfinger.optimal import (MAX_TASKS, InstanceTooLargeError, WindowOverflowError, check_schedule, optimal,
@@ -138,8 +138,9 @@ def test_unreachable_task_gets_an_infinite_bound():
 def _heuristic_policies(scenario):
     # Learned policies need a checkpoint and torch (slow to import): heuristics only here;
     # scripts/optimality_gap.py runs every policy that can be built.
-    return [(name, make_policy(name, scenario, seed=0)) for name in policy_names()
-            if POLICIES[name].startswith("agents.heuristics.")]
+    from tapfinger.evaluation import is_heuristic
+
+    return [(name, make_policy(name, scenario, seed=0)) for name in policy_names() if is_heuristic(name)]
 
 
 @pytest.mark.parametrize("seed", range(6))
