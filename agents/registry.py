@@ -35,6 +35,11 @@ def policy_names() -> list[str]:
 
 
 def make_policy(name: str, scenario: Scenario, seed: int = 0, **kwargs) -> Policy:
+    if name.startswith(("onnx:", "pt2:")):  # an exported policy file (`tapfinger export`)
+        from agents.exported import ExportedPolicy
+
+        kind, path = name.split(":", 1)
+        return ExportedPolicy(scenario, seed=seed, path=path, kind=kind, **kwargs)
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}. Fix: use one of {', '.join(POLICIES)}")
     entry = POLICIES[name]

@@ -23,6 +23,7 @@ class Decision:
     logp_rest: torch.Tensor  # [S] node + allocation (0 when doing nothing)
     entropy: torch.Tensor  # [S]
     task_probs: torch.Tensor  # [S, W+1]
+    task_logits: torch.Tensor | None = None  # [S, W+1] masked; an output of the exported program
 
 
 def _pick(logits: torch.Tensor, given: torch.Tensor | None, deterministic: bool,
@@ -78,4 +79,4 @@ def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, ma
         node=node, alloc=torch.stack(amounts, dim=1),
         logp_task=logp_task, logp_rest=(logp_node + logp_alloc) * started,
         entropy=ent_task + (ent_node + ent_alloc) * started,
-        task_probs=torch.softmax(t_logits, dim=-1))
+        task_probs=torch.softmax(t_logits, dim=-1), task_logits=t_logits)

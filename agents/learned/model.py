@@ -137,7 +137,7 @@ class TapFingerNet(nn.Module):
     def node_logits(self, h: dict, batch: GraphBatch, rows: torch.Tensor, place: torch.Tensor,
                     node_mask: torch.Tensor) -> torch.Tensor:
         ctx = h["agent"][rows]
-        tp = self.window_embeddings(h, batch, rows)[torch.arange(len(rows)), place]
+        tp = self.window_embeddings(h, batch, rows)[torch.arange(rows.shape[0]), place]
         nr = batch.node_row[rows]
         nodes = h["node"][nr.clamp(min=0)]
         n = nodes.shape[1]
@@ -147,8 +147,8 @@ class TapFingerNet(nn.Module):
     def alloc_context(self, h: dict, batch: GraphBatch, rows: torch.Tensor, place: torch.Tensor,
                       node: torch.Tensor) -> torch.Tensor:
         ctx = h["agent"][rows]
-        tp = self.window_embeddings(h, batch, rows)[torch.arange(len(rows)), place]
-        nr = batch.node_row[rows][torch.arange(len(rows)), node]
+        tp = self.window_embeddings(h, batch, rows)[torch.arange(rows.shape[0]), place]
+        nr = batch.node_row[rows][torch.arange(rows.shape[0]), node]
         return self.alloc_in(torch.cat([ctx, tp, h["node"][nr.clamp(min=0)]], dim=-1))
 
     def alloc_logits(self, z: torch.Tensor, r: int, low: torch.Tensor, high: torch.Tensor,

@@ -1,0 +1,279 @@
+"""Exported policies (`tapfinger export`): same greedy actions as the eager model over whole
+episodes, dynamic sizes, metadata checks, clear refusals, and no torch_geometric at run time."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.exported import ExportedPolicy, ExportedPolicyError, scenario_fingerprint
+from agents.learned.checkpoint import load_checkpoint, save_checkpoint
+from agents.learned.checkpoint import scenario_fingerprint as checkpoint_fingerprint
+from agents.learned.export import (PolicyModule, compare_outputs, eager_outputs_for_feeds, export_files,
+                                   feeds_to_tensors, greedy_mismatch, random_feeds)
+from agents.learned.model import ModelConfig, TapFingerNet
+from agents.learned.policy import LearnedPolicy
+from agents.registry import make_policy
+from envs.observations import build_observations
+from tapfinger.cli import main
+from tapfinger.engine import Engine
+from tapfinger.scenario import load_scenario
+from tapfinger.workload import make_workload
+from tests.helpers import small
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIOS = {"synthetic-3": 40, "edge-default": 30}  # name -> tasks per (shortened) episode
+
+
+def trained_like_net(scenario, seed: int = 0) -> TapFingerNet:
+    """A hidden=32 network whose every parameter (biases included) is away from its initial value:
+    PyG initialises GAT biases at zero, which would hide a wrong handling of empty edge types."""
+    torch.manual_seed(seed)
+    net = TapFingerNet(ModelConfig.for_scenario(scenario, hidden=32))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return net.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Export and eager acting are chains of small ops: extra threads only contend on a shared machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def exported(one_torch_thread, tmp_path_factory) -> dict[str, dict]:
+    """Per scenario: a checkpoint and its onnx and pt2 exports (each verified against the eager model)."""
+    out = {}
+    for name, tasks in SCENARIOS.items():
+        d = tmp_path_factory.mktemp(name)
+        sc = small(name, tasks=tasks)
+        ckpt = save_checkpoint(d / "checkpoint.pt", net=trained_like_net(sc), scenario=sc,
+                               acting={"multi_task": False}, step=7)
+        res = export_files(ckpt, {fmt: d / f"policy.{fmt}" for fmt in ("onnx", "pt2")}, scenario=sc)
+        assert all(r.verified_rounds > 5 for r in res)
+        files = {r.metadata["program"]["format"]: r.path for r in res}
+        out[name] = {"scenario": sc, "checkpoint": ckpt, **files}
+    return out
+
+
+def distinct_workload(sc, seed: int):
+    """The seed's arrival stream with a slightly different amount of work per task. With all work
+    equal, tasks of one type that arrive together and are seen by the same clusters are twins the
+    network cannot tell apart; between twins, PyTorch and onnxruntime break the (1e-7) tie
+    differently, and neither choice is wrong (`greedy_mismatch` covers that case)."""
+    wl = make_workload(sc, seed)
+    work = 1.0 + 0.2 * np.random.default_rng(seed).random(wl.num_tasks)
+    return dataclasses.replace(wl, work=work)
+
+
+def play_in_lockstep(sc, eager, others, seed: int) -> int:
+    """Drive a strict engine with the eager policy; every other policy must choose the same actions."""
+    eng = Engine(sc, strict=True)
+    eng.reset(seed, workload=distinct_workload(sc, seed))
+    for p in (eager, *others):
+        p.reset(seed)
+    rounds = 0
+    while not eng.done:
+        obs = build_observations(eng)
+        a = eager.act(obs)
+        for p in others:
+            b = p.act(obs)
+            for field in ("task", "node", "alloc"):
+                assert np.array_equal(getattr(a, field), getattr(b, field)), \
+                    f"{p.name} differs from eager at slot {eng.slot} round {eng.round}: {field} " \
+                    f"{getattr(b, field).tolist()} vs {getattr(a, field).tolist()}"
+        eng.play_round(a.task, a.node, a.alloc)
+        rounds += 1
+    assert eng.finished_count == sc.arrivals.tasks
+    return rounds
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_exported_policies_choose_the_eager_greedy_actions(exported, name):
+    e = exported[name]
+    sc = e["scenario"]
+    eager = LearnedPolicy(sc, checkpoint=str(e["checkpoint"]))
+    onnx_policy = make_policy(f"onnx:{e['onnx']}", sc)
+    pt2_policy = make_policy(f"pt2:{e['pt2']}", sc)
+    for seed in (1, 2):
+        assert play_in_lockstep(sc, eager, [onnx_policy, pt2_policy], seed) > 20
+
+
+def test_multi_task_sequences_match_the_planner(exported):
+    # The program does not depend on the acting options: the same file serves a multi-task run.
+    e = exported["edge-default"]
+    sc = e["scenario"]
+    eager = LearnedPolicy(sc, checkpoint=str(e["checkpoint"]), multi_task=True, max_sequence=3)
+    onnx_policy = ExportedPolicy(sc, path=e["onnx"], kind="onnx", multi_task=True, max_sequence=3)
+    queued = []
+    act = onnx_policy.act
+    onnx_policy.act = lambda obs: (a := act(obs), queued.append(any(onnx_policy.queue)))[0]
+    play_in_lockstep(sc, eager, [onnx_policy], seed=3)
+    assert sum(queued) >= 3  # sequences longer than one choice were planned and played
+
+
+def test_plain_module_equals_the_eager_model_on_random_graphs():
+    sc = small("edge-default")
+    net = trained_like_net(sc, seed=1)
+    module = PolicyModule(net).eval()
+    sizes = [dict(N=4, nodes_per_cluster=[2, 3, 2, 2], P=12, M=6, W=10, S=3),
+             dict(N=2, nodes_per_cluster=[1, 3], P=3, M=0, W=10, S=1),  # no running task: no placed edges
+             dict(N=6, nodes_per_cluster=[1, 1, 2, 1, 1, 4], P=1, M=9, W=4, S=6)]
+    for k, s in enumerate(sizes):
+        feeds = random_feeds(net.cfg, **s, seed=k)
+        with torch.no_grad():
+            got = [t.numpy() for t in module(*feeds_to_tensors(feeds))]
+        want = eager_outputs_for_feeds(net, feeds)
+        assert compare_outputs(got, want, atol=1e-6) is None, s
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_exported_program_runs_on_graphs_of_other_sizes(exported, fmt):
+    """A synthetic-3 program (3 clusters of one node) on 7 clusters with up to 3 nodes, a longer
+    window, more tasks, and no running task at all."""
+    from agents.exported import open_runner
+
+    e = exported["synthetic-3"]
+    net = load_checkpoint(e["checkpoint"], e["scenario"]).net.eval()
+    runner = open_runner(e[fmt], fmt, e["scenario"])
+    for k, s in enumerate([dict(N=7, nodes_per_cluster=[1, 2, 3, 1, 1, 2, 1], P=40, M=11, W=14, S=5),
+                           dict(N=5, nodes_per_cluster=[1, 1, 1, 2, 1], P=6, M=0, W=10, S=1)]):
+        feeds = random_feeds(net.cfg, **s, seed=10 + k)
+        assert compare_outputs(runner.run(feeds), eager_outputs_for_feeds(net, feeds)) is None, s
+
+
+def test_metadata_is_stored_with_the_file(exported):
+    import onnx
+
+    e = exported["synthetic-3"]
+    props = {p.key: p.value for p in onnx.load(str(e["onnx"])).metadata_props}
+    meta = json.loads(props["tapfinger"])
+    assert meta["scenario"] == "synthetic-3"
+    assert meta["scenario_fingerprint"] == checkpoint_fingerprint(e["scenario"])
+    assert meta["acting"]["multi_task"] is False and meta["model_config"]["hidden"] == 32
+    assert meta["feature_layout"]["columns"]["pending"][:2] == ["type=IMG", "type=LM"]
+    assert meta["tapfinger_version"] and meta["checkpoint"]["step"] == 7
+    pt2 = ExportedPolicy(e["scenario"], path=e["pt2"], kind="pt2").metadata
+    assert pt2["scenario_fingerprint"] == meta["scenario_fingerprint"] and pt2["program"]["format"] == "pt2"
+
+
+def test_fingerprint_without_torch_equals_the_checkpoint_one():
+    for name in ("synthetic-3", "hetero-6", "edge-default", "trace-3"):
+        sc = load_scenario(name)
+        assert scenario_fingerprint(sc) == checkpoint_fingerprint(sc)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_broken_or_foreign_files_are_refused_clearly(exported, tmp_path, fmt):
+    e = exported["synthetic-3"]
+    sc = e["scenario"]
+    good = Path(e[fmt]).read_bytes()
+    cases = {"missing": (None, "does not exist"),
+             "corrupted": (np.random.default_rng(0).bytes(4096), "corrupted, truncated"),
+             "truncated": (good[: len(good) // 2], "corrupted, truncated")}
+    for case, (content, words) in cases.items():
+        path = tmp_path / f"{case}.{fmt}"
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(ExportedPolicyError, match=words) as err:
+            ExportedPolicy(sc, path=path, kind=fmt)
+        assert "Fix:" in str(err.value) and isinstance(err.value, ValueError)
+    for other in ("synthetic-6", "edge-default"):  # same feature sizes but 6 clusters; other resources
+        with pytest.raises(ExportedPolicyError, match=f"exported for scenario 'synthetic-3'.*'{other}'.*Fix:"):
+            make_policy(f"{fmt}:{e[fmt]}", load_scenario(other))
+
+
+def test_onnx_file_without_our_metadata_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "other.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8  # what any onnxruntime reads
+    onnx.save(model, str(path))
+    with pytest.raises(ExportedPolicyError, match="not a TapFinger exported policy.*Fix: .*tapfinger export"):
+        ExportedPolicy(small("synthetic-3"), path=path, kind="onnx")
+
+
+def test_cli_export_and_evaluate(exported, tmp_path, capsys):
+    e = exported["synthetic-3"]
+    out = tmp_path / "cli.pt2"
+    assert main(["export", "--checkpoint", str(e["checkpoint"]), "--out", str(out), "--no-verify"]) == 0
+    assert "wrote" in capsys.readouterr().out and out.is_file()
+    assert main(["export", "--show", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["scenario"] == "synthetic-3"
+    assert main(["evaluate", "--scenario", "synthetic-3", "--policies", f"onnx:{e['onnx']},fifo", "--seeds", "1",
+                 "--workers", "1", "--no-plots", "--quiet", "--out", str(tmp_path / "eval")]) == 0
+    assert f"onnx:{e['onnx']}" in json.loads((tmp_path / "eval" / "results.json").read_text())["policies"]
+    capsys.readouterr()
+    assert main(["evaluate", "--scenario", "synthetic-3", "--policies", f"onnx:{tmp_path / 'nope.onnx'}",
+                 "--seeds", "1", "--workers", "1", "--no-plots", "--quiet", "--out", str(tmp_path / "e2")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_onnx_policy_runs_without_torch_geometric_or_torch(exported):
+    path = exported["synthetic-3"]["onnx"]
+    code = (
+        "import sys\n"
+        "from agents.registry import make_policy\n"
+        "from tapfinger.rollout import run_episode\n"
+        "from tests.helpers import small\n"
+        "sc = small('synthetic-3', tasks=15)\n"
+        f"result = run_episode(sc, make_policy('onnx:{path}', sc), seed=0)\n"
+        "assert (result.records['jct'] >= 1).all()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torch_geometric')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_greedy_check_accepts_the_program_and_flags_a_worse_choice(exported):
+    from agents.exported import MASK_KEYS, decision_feeds, graph_feeds, open_runner
+    from agents.learned.batch import round_arrays
+    from agents.learned.export import sample_rounds
+
+    e = exported["edge-default"]
+    sc = e["scenario"]
+    net = load_checkpoint(e["checkpoint"], sc).net.eval()
+    runner = open_runner(e["onnx"], "onnx", sc)
+    checked = 0
+    for obs in sample_rounds(sc, net, {}, seed=5, max_rounds=15):
+        agents = [i for i in range(sc.num_clusters) if obs["task_mask"][i, 1:].sum() >= 2]
+        if not agents:
+            continue
+        masks = [{k: obs[k][i] for k in MASK_KEYS} for i in agents]
+        got = runner.run({**graph_feeds(obs, sc), **decision_feeds(agents, masks)})
+        arrays = round_arrays(obs, sc)
+        assert greedy_mismatch(net, arrays, agents, masks, got) is None
+        worse = [g.copy() for g in got]
+        logits = got[3][0]
+        allowed = np.flatnonzero(logits > -1e8)
+        worse[0][0] = int(allowed[np.argmin(logits[allowed])]) - 1  # the least likely allowed choice
+        assert "task of agent" in greedy_mismatch(net, arrays, agents, masks, worse)
+        checked += 1
+    assert checked >= 3
+
+
+def test_pointer_ablation_is_not_exported(tmp_path):
+    from agents.learned.export import ExportError, export_checkpoint
+
+    sc = small("synthetic-3")
+    ckpt = save_checkpoint(tmp_path / "c.pt", net=trained_like_net(sc), scenario=sc, acting={"pointer": False}, step=0)
+    with pytest.raises(ExportError, match="pointer.*Fix: evaluate it as the policy `tapfinger`"):
+        export_checkpoint(ckpt, tmp_path / "p.onnx", "onnx", scenario=sc)
+    assert not (tmp_path / "p.onnx").exists()
