@@ -100,6 +100,7 @@ def run_evaluation(cfg: EvalConfig) -> dict:
                 bounds[m.seed] = b
                 bar.update()
     else:
+        _init_worker()  # one thread in-process too: on a small machine torch's threads contend
         for job in jobs:
             name, m, b = _run_job(job)
             per_policy[name][m.seed] = m
