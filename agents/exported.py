@@ -14,7 +14,6 @@ here, and `agents/learned/export.py` (the writer, which needs torch) imports the
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -26,10 +25,11 @@ import numpy as np
 
 from agents.base import Policy, RoundActions
 from agents.learned.conflicts import fit_count, resolve  # numpy only
+from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks  # numpy only
 from envs.graph import feature_scales, graph_arrays
 from tapfinger import __version__
 from tapfinger.engine import build_static_tables
-from tapfinger.scenario import Scenario
+from tapfinger.scenario import Scenario, scenario_fingerprint
 
 FORMAT = "tapfinger-exported-policy-1"
 METADATA_KEY = "tapfinger"  # ONNX metadata_props key, and the name of the .pt2 extra file (+ ".json")
@@ -61,7 +61,6 @@ OUTPUT_NAMES: tuple[str, ...] = (
     "task_logits",  # [S, W+1] float32, masked entries = -1e9
     "task_prob",  # [S] float32: probability of the chosen task choice (Bayes conflict posterior)
 )
-MASK_KEYS = ("task_mask", "node_mask", "alloc_low", "alloc_high")
 ACTING_KEYS = ("multi_task", "max_sequence", "bayes", "pointer")
 
 
@@ -70,14 +69,6 @@ class ExportedPolicyError(ValueError):
 
 
 # --------------------------------------------------------------------------- metadata helpers
-def scenario_fingerprint(scenario: Scenario) -> str:
-    """Same value as `agents.learned.checkpoint.scenario_fingerprint` (which imports torch); a test
-    keeps the two equal."""
-    parts = (scenario.resources, tuple((c.nodes) for c in scenario.clusters),
-             tuple((t.name, t.minimum) for t in scenario.task_types), scenario.grid_max, scenario.window_size)
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-
-
 def feature_layout(scenario: Scenario) -> dict[str, list[str]]:
     """Names of the feature columns `envs.graph.graph_arrays` builds, per vertex type."""
     res = list(scenario.resources)
@@ -260,20 +251,6 @@ class _Step:
     prob: float
 
 
-def _update_masks(m: dict[str, np.ndarray], node_free: np.ndarray, place: int, node: int, alloc: np.ndarray,
-                  grid: np.ndarray, occupied: np.ndarray, room: int) -> dict[str, np.ndarray]:
-    """Masks after choosing (place, node, alloc). Mirrors `agents.learned.policy._update_masks`, which
-    cannot be imported without torch; tests/test_export.py compares multi-task episodes of both."""
-    m = {k: v.copy() for k, v in m.items()}
-    node_free[node] -= alloc
-    m["alloc_high"][node] = np.minimum(node_free[node], grid)
-    occupied[place] = False
-    fits = (m["alloc_low"][:, None, :] <= m["alloc_high"][None, :, :]).all(axis=2)
-    m["node_mask"] = (fits & occupied[:, None]).astype(m["node_mask"].dtype)
-    m["task_mask"][1:] = (m["node_mask"].any(axis=1) & (room > 0)).astype(m["task_mask"].dtype)
-    return m
-
-
 class ExportedPolicy(Policy):
     """Greedy TapFinger policy from an exported file: `onnx:FILE` or `pt2:FILE` in the registry.
 
@@ -324,7 +301,7 @@ class ExportedPolicy(Policy):
         for i in range(N):
             while self.queue[i] and starts[i] is None:
                 step = self.queue[i].pop(0)
-                if self._still_valid(obs, i, step):
+                if step_still_valid(obs, i, step.place, step.node, step.alloc, step.task_id):
                     starts[i] = step
         if fresh:
             for i, steps in zip(fresh, self._sequences(obs, fresh)):
@@ -348,11 +325,6 @@ class ExportedPolicy(Policy):
             if s is not None and keep[i]:
                 actions.task[i], actions.node[i], actions.alloc[i] = s.place, s.node, s.alloc
         return actions
-
-    def _still_valid(self, obs: dict, i: int, step: _Step) -> bool:
-        return (obs["window_id"][i, step.place] == step.task_id and bool(obs["task_mask"][i, step.place + 1])
-                and bool(obs["node_mask"][i, step.place, step.node])
-                and bool((step.alloc <= obs["alloc_high"][i, step.node]).all()))
 
     def _sequences(self, obs: dict, fresh: list[int]) -> list[list[_Step]]:
         graph = graph_feeds(obs, self.scenario)
@@ -396,7 +368,7 @@ class ExportedPolicy(Policy):
                 if n_steps == 1:
                     continue  # single-task: no mask update needed
                 room[j] -= 1
-                masks[j] = _update_masks(masks[j], free[j], p, int(node[k]), alloc[k], self.grid, occupied[j], room[j])
+                masks[j] = update_masks(masks[j], free[j], p, int(node[k]), alloc[k], self.grid, occupied[j], room[j])
                 if not masks[j]["task_mask"][1:].any():
                     active[j] = False  # nothing left to choose: the sequence ends without a "none" step
         return steps

@@ -7,6 +7,7 @@ given by path. `docs/scenario-format.md` and `examples/custom-scenario.toml` doc
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -315,6 +316,14 @@ def _check_startable(scen: Scenario, rd: _Reader) -> None:
         if not any(all(n >= m for n, m in zip(node, t.minimum)) for c in scen.clusters for node in c.nodes):
             raise rd.fail(f"task_types[{i}].minimum", f"task type '{t.name}' fits on no node",
                           "lower its minimum or add a larger node")
+
+
+def scenario_fingerprint(scenario: Scenario) -> str:
+    """What a trained policy depends on: resources, clusters and nodes, task types, grid and window
+    (not the arrivals: a policy serves any episode length or rate)."""
+    parts = (scenario.resources, tuple((c.nodes) for c in scenario.clusters),
+             tuple((t.name, t.minimum) for t in scenario.task_types), scenario.grid_max, scenario.window_size)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def builtin_names() -> list[str]:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agents.learned.masks import MASK_KEYS
 from envs.graph import graph_arrays
 from tapfinger.scenario import Scenario
 
-OBS_MASK_KEYS = ("task_mask", "node_mask", "alloc_low", "alloc_high")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class GraphBatch:
 def round_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
     """What one round needs to be stored: its graph arrays plus the per-agent masks and node ids."""
     g = graph_arrays(obs, scenario)
-    for k in OBS_MASK_KEYS:
+    for k in MASK_KEYS:
         g[k] = obs[k]
     g["node_id"] = obs["node_id"]
     return g
@@ -71,7 +71,7 @@ def collate(rounds: list[dict[str, np.ndarray]]) -> GraphBatch:
     n_agents = np.array([r["cluster_x"].shape[0] for r in rounds])
     agent_row = np.arange(n_agents.sum())
     round_of_agent = np.repeat(np.arange(len(rounds)), n_agents)
-    masks = {k: t(np.concatenate([r[k] for r in rounds])) for k in OBS_MASK_KEYS}
+    masks = {k: t(np.concatenate([r[k] for r in rounds])) for k in MASK_KEYS}
     masks["task_mask"] = masks["task_mask"].bool()
     masks["node_mask"] = masks["node_mask"].bool()
     return GraphBatch(x, edges, t(window_row), t(node_row), t(agent_row), t(round_of_agent), t(round_of_agent),

@@ -3,7 +3,6 @@ refused with a clear message when they come from another scenario or model confi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
@@ -14,20 +13,13 @@ import torch
 
 from agents.learned.model import ModelConfig, TapFingerNet
 from tapfinger import __version__
-from tapfinger.scenario import Scenario
+from tapfinger.scenario import Scenario, scenario_fingerprint
 
 FORMAT = "tapfinger-checkpoint-1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: missing, corrupted, or made for something else."""
-
-
-def scenario_fingerprint(scenario: Scenario) -> str:
-    """What a policy depends on: resources, clusters and nodes, task types, grid and window."""
-    parts = (scenario.resources, tuple((c.nodes) for c in scenario.clusters),
-             tuple((t.name, t.minimum) for t in scenario.task_types), scenario.grid_max, scenario.window_size)
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def library_versions() -> dict[str, str]:

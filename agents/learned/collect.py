@@ -70,7 +70,7 @@ def play_episode(scenario: Scenario, planner: Planner, seed: int, generator: tor
 
 def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario) -> RoundRecord:
     from agents.learned.batch import round_arrays
-    from agents.learned.policy import MASK_KEYS
+    from agents.learned.masks import MASK_KEYS
 
     rec = RoundRecord(round_arrays(obs, scenario))
     for i in range(obs["task_mask"].shape[0]):

@@ -22,11 +22,11 @@ from agents.base import Policy, RoundActions
 from agents.learned.actor import Decision, decide
 from agents.learned.batch import collate, round_arrays
 from agents.learned.conflicts import fit_count, resolve
+from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks
 from agents.learned.model import TapFingerNet
 from tapfinger.engine import build_static_tables
 from tapfinger.scenario import Scenario
 
-MASK_KEYS = ("task_mask", "node_mask", "alloc_low", "alloc_high")
 
 
 @dataclass
@@ -65,20 +65,6 @@ class ActingOptions:
     pointer: bool = True
 
 
-def _update_masks(m: dict[str, np.ndarray], node_free: np.ndarray, place: int, node: int, alloc: np.ndarray,
-                  grid: np.ndarray, occupied: np.ndarray, room: int) -> dict[str, np.ndarray]:
-    """Masks after choosing (place, node, alloc): the task is taken and the node has less free."""
-    m = {k: v.copy() for k, v in m.items()}
-    node_free[node] -= alloc
-    m["alloc_high"][node] = np.minimum(node_free[node], grid)
-    occupied[place] = False
-    # padded nodes have alloc_high 0, below every task's (positive somewhere) minimum
-    fits = (m["alloc_low"][:, None, :] <= m["alloc_high"][None, :, :]).all(axis=2)
-    m["node_mask"] = (fits & occupied[:, None]).astype(m["node_mask"].dtype)
-    m["task_mask"][1:] = (m["node_mask"].any(axis=1) & (room > 0)).astype(m["task_mask"].dtype)
-    return m
-
-
 class Planner:
     """Turns batched observations into RoundActions with the network."""
 
@@ -113,7 +99,7 @@ class Planner:
         for i in range(N):
             while self.queue[i] and starts[i] is None:
                 step = self.queue[i].pop(0)
-                if self._still_valid(obs, i, step):
+                if step_still_valid(obs, i, step.place, step.node, step.alloc, step.task_id):
                     starts[i] = step
         if fresh:
             batch = collate([arrays]).to(self.device)
@@ -145,11 +131,6 @@ class Planner:
             if s is not None and keep[i]:
                 actions.task[i], actions.node[i], actions.alloc[i] = s.place, s.node, s.alloc
         return actions, record
-
-    def _still_valid(self, obs: dict, i: int, step: Step) -> bool:
-        return (obs["window_id"][i, step.place] == step.task_id and bool(obs["task_mask"][i, step.place + 1])
-                and bool(obs["node_mask"][i, step.place, step.node])
-                and bool((step.alloc <= obs["alloc_high"][i, step.node]).all()))
 
     def _sample_sequences(self, h, batch, rows, obs, fresh, deterministic, generator):
         n_steps = self.options.max_sequence if self.options.multi_task else 1
@@ -186,7 +167,7 @@ class Planner:
                     active[j] = False
                     continue
                 room[j] -= 1
-                masks[j] = _update_masks(masks[j], free[j], p, int(node[k]), alloc[k], self.grid, occupied[j], room[j])
+                masks[j] = update_masks(masks[j], free[j], p, int(node[k]), alloc[k], self.grid, occupied[j], room[j])
                 if not masks[j]["task_mask"][1:].any():
                     active[j] = False  # nothing left to choose: the sequence ends without a "none" step
         return steps
