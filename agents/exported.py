@@ -29,7 +29,7 @@ from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks  # nu
 from envs.graph import feature_scales, graph_arrays
 from tapfinger import __version__
 from tapfinger.engine import build_static_tables
-from tapfinger.scenario import Scenario, scenario_fingerprint
+from tapfinger.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
 
 FORMAT = "tapfinger-exported-policy-1"
 METADATA_KEY = "tapfinger"  # ONNX metadata_props key, and the name of the .pt2 extra file (+ ".json")
@@ -102,8 +102,8 @@ def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str)
             f"--out {path}`.")
     if meta.get("scenario_fingerprint") != scenario_fingerprint(scenario):
         raise ExportedPolicyError(
-            f"{path} was exported for scenario '{meta.get('scenario')}', which differs from '{scenario.name}' "
-            f"(clusters, nodes, task types, grid or window). Fix: evaluate it with --scenario "
+            f"{path} was exported for scenario '{meta.get('scenario')}', which differs from this "
+            f"'{scenario.name}' in one of: {FINGERPRINT_COVERS}. Fix: evaluate it with --scenario "
             f"{meta.get('scenario')}, or export a checkpoint trained on '{scenario.name}'.")
     layout = meta.get("feature_layout", {})
     want = expected_layout(scenario)

@@ -5,9 +5,11 @@ Action of an agent (a `Dict`, or a plain int array `[task, node, *alloc]`):
 * `task`  — 0 = do nothing, i = start the task in window place i-1;
 * `node`  — the cluster-local node to place it on;
 * `alloc` — the amount of each resource (in the order of the scenario's `resources`);
-* `realloc` — optional preemption, `[M, R]`: 0 = keep, k = set that resource to k-1 for the
-  running task in that place (all-zero pauses it); needs `allow_preemption = true`. A task whose
-  allocation differs from the previous slot end progresses by `switch_weight ×` its amount.
+* `realloc` — optional preemption, `[M, R]`, one row per running place: a row of zeros keeps that
+  task's allocation; otherwise every entry k sets that resource to k-1 (a row that mixes 0 with
+  other values is invalid; a row of ones, i.e. all resources 0, pauses the task). Needs
+  `allow_preemption = true`. A task whose allocation at a slot end differs from the previous slot
+  end progresses by `switch_weight ×` its amount in that slot.
 
 An infeasible action (one the masks forbid) is, by default, a no-op counted in
 `infos[agent]["invalid_actions"]`; with `strict=True` it raises `InvalidActionError` naming the

@@ -318,11 +318,39 @@ def _check_startable(scen: Scenario, rd: _Reader) -> None:
                           "lower its minimum or add a larger node")
 
 
+# What the fingerprint covers, in words (for messages that refuse a checkpoint or an exported file).
+FINGERPRINT_COVERS = ("resources, clusters and nodes, task types (minimums and progress models, with the "
+                      "profile table's content), grid, window, visibility, switch weight, preemption, slot "
+                      "and start-up seconds")
+
+
+def _profile_digest(scenario: Scenario) -> str:
+    """sha256 of the profile table's bytes, when a task type reads it ("" when none does).
+
+    The content, not the path: a copy of the same table elsewhere is the same scenario, and an
+    edited table at the same path is not. An unreadable file is fingerprinted by its path (the
+    engine refuses to build such a scenario anyway)."""
+    if not any(t.progress.model == "profile" for t in scenario.task_types):
+        return ""
+    try:
+        return hashlib.sha256(Path(scenario.profile).read_bytes()).hexdigest()
+    except OSError:
+        return f"unreadable:{scenario.profile}"
+
+
 def scenario_fingerprint(scenario: Scenario) -> str:
-    """What a trained policy depends on: resources, clusters and nodes, task types, grid and window
-    (not the arrivals: a policy serves any episode length or rate)."""
+    """What a trained policy depends on: resources, clusters and nodes, task types (name, minimum,
+    progress model, and the profile table's content for profile models), grid and window,
+    visibility, switch weight, preemption, and the slot and start-up seconds (which shape the
+    progress tables). Not the arrivals (a policy serves any episode length or rate), nor names
+    and descriptions of the scenario or its clusters, nor `max_slots`."""
     parts = (scenario.resources, tuple((c.nodes) for c in scenario.clusters),
-             tuple((t.name, t.minimum) for t in scenario.task_types), scenario.grid_max, scenario.window_size)
+             tuple((t.name, t.minimum) for t in scenario.task_types), scenario.grid_max, scenario.window_size,
+             # the policy's environment dynamics beyond shapes
+             tuple((t.progress.model, float(t.progress.gpu_scale), float(t.progress.base), t.progress.profile_task)
+                   for t in scenario.task_types),
+             _profile_digest(scenario), scenario.visibility, float(scenario.switch_weight),
+             bool(scenario.allow_preemption), float(scenario.slot_seconds), float(scenario.startup_seconds))
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tapfinger.engine import FINISHED, InvalidActionError, RUNNING
-from tests.helpers import end_slot, engine_with, start
+from tests.helpers import end_slot, engine_with, needs_shared_data, start
 
 
 def run_to_end(eng, limit=100):
@@ -90,14 +90,18 @@ def test_reallocated_task_progresses_by_switch_weight():
     p1 = math.tanh(1.0) * math.sqrt(1.2)
     assert eng.progress[0] == pytest.approx(p1)
     realloc = np.full((eng.N, eng.M, eng.R), -1, dtype=np.int64)
-    realloc[0, 0] = [2, 8]
+    realloc[0, 0] = [2, 2]  # few GPUs, so that the task is still running after the next slot
     eng.play_round(np.full(eng.N, -1), np.zeros(eng.N, dtype=np.int64), np.zeros((eng.N, eng.R), dtype=np.int64),
                    realloc)  # no start: the slot ends with the new allocation
     assert eng.slot == 2
-    p2 = p1 + 0.5 * math.tanh(0.5) * math.sqrt(1.2 - p1)
+    p2 = p1 + 0.5 * math.tanh(2 / 16) * math.sqrt(1.2 - p1)
     assert eng.progress[0] == pytest.approx(p2)
     end_slot(eng)  # unchanged allocation: full progress again
-    assert eng.progress[0] == pytest.approx(p2 + math.tanh(0.5) * math.sqrt(1.2 - p2)) or eng.status[0] == FINISHED
+    p3 = p2 + math.tanh(2 / 16) * math.sqrt(1.2 - p2)
+    assert p3 < 1.0  # (about 0.943, against about 0.907 if the penalty applied again)
+    assert eng.status[0] == RUNNING
+    assert eng.progress[0] == pytest.approx(p3)
+    assert eng.switches[0] == 1
 
 
 def test_paused_task_makes_no_progress_and_frees_resources():
@@ -185,6 +189,7 @@ def test_preemption_refused_when_scenario_forbids_it():
                        np.zeros((eng.N, eng.R), dtype=np.int64), realloc)
 
 
+@needs_shared_data("trace-3")
 def test_trace_progress_matches_measured_table():
     eng = engine_with("trace-3", [(0, "lm", [0])])
     start(eng, {0: (0, 0, [4, 2])})
@@ -202,3 +207,62 @@ def test_task_started_and_reallocated_in_the_same_slot_is_not_switched():
     eng.play_round(np.full(eng.N, -1), np.zeros(eng.N, dtype=np.int64), np.zeros((eng.N, eng.R), dtype=np.int64),
                    realloc)  # slot ends: first slot end of the task, with the new allocation
     assert eng.progress[0] == pytest.approx(math.tanh(0.5) * math.sqrt(1.2))
+
+
+def lm_step(p: float, gpus: int, weight: float = 1.0) -> float:
+    """DESIGN.md: LM progresses by tanh(g / 16) * sqrt(1.2 - p) per slot (x switch_weight)."""
+    return p + weight * math.tanh(gpus / 16) * math.sqrt(1.2 - p)
+
+
+def realloc_round(eng, rows: dict[int, list[int]], starts: dict | None = None) -> bool:
+    """One round that re-allocates cluster 0's running places `rows` (place -> allocation)."""
+    realloc = np.full((eng.N, eng.M, eng.R), -1, dtype=np.int64)
+    for place, a in rows.items():
+        realloc[0, place] = a
+    return start(eng, starts or {}, realloc=realloc)
+
+
+def test_switch_penalty_applies_only_at_the_slot_end_where_the_allocation_changed():
+    # One LM on few GPUs (so it runs for many slots); switch_weight 0.5 in synthetic-3. A slot end
+    # is a switch exactly when the allocation differs from the previous slot end's, however it got
+    # there; every other slot end gives the full amount.
+    eng = engine_with("synthetic-3", [(0, "LM", [0]), (6, "IMG", [0])])
+    assert eng.scenario.switch_weight == 0.5
+    expected, p, switches = [], 0.0, 0
+
+    def slot_end(gpus: int, switched: bool):
+        nonlocal p, switches
+        p = lm_step(p, gpus, 0.5 if switched else 1.0)
+        switches += switched
+        assert eng.progress[0] == pytest.approx(p, rel=1e-12), f"slot {eng.slot - 1}"
+        assert eng.switches[0] == switches, f"slot {eng.slot - 1}"
+        assert eng.status[0] == RUNNING and eng.alloc[0, 1] == gpus
+
+    start(eng, {0: (0, 0, [2, 1])})
+    end_slot(eng)
+    slot_end(1, False)  # slot 0: a fresh start is not a switch
+    end_slot(eng)
+    slot_end(1, False)  # slot 1: unchanged
+    assert realloc_round(eng, {0: [2, 2]}) is True
+    slot_end(2, True)  # slot 2: 1 -> 2 GPUs, half the progress
+    end_slot(eng)
+    slot_end(2, False)  # slot 3: the penalty does not persist
+    end_slot(eng)
+    slot_end(2, False)  # slot 4
+    assert realloc_round(eng, {0: [2, 2]}) is True
+    slot_end(2, False)  # slot 5: a re-allocation to the same amounts is no switch
+    # slot 6: up to 8 GPUs while another task starts, back to 2 in the next round: at the slot
+    # end the allocation equals the previous slot end's, so no switch
+    assert eng.slot == 6 and eng.window[0, 0] == 1
+    assert realloc_round(eng, {0: [2, 8]}, starts={0: (0, 0, [2, 1])}) is False
+    assert eng.alloc[0].tolist() == [2, 8] and eng.node_free[0].tolist() == [12, 7]
+    assert realloc_round(eng, {0: [2, 2]}) is True
+    slot_end(2, False)
+    assert eng.progress[1] == pytest.approx(0.25) and eng.switches[1] == 0
+    assert realloc_round(eng, {0: [2, 1]}) is True
+    slot_end(1, True)  # slot 7: 2 -> 1 GPU, half the progress again
+    end_slot(eng)
+    slot_end(1, False)  # slot 8
+    assert switches == 2
+    assert eng.task_records()["switches"].tolist() == [2, 0]
+    assert eng.node_free[0].tolist() == [16 - 2 - 2, 16 - 1 - 1]

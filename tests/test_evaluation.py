@@ -7,9 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from agents.registry import make_policy
+from tapfinger.bounds import lower_bound
 from tapfinger.cli import main
 from tapfinger.evaluation import EvalConfig, format_table, run_evaluation, write_results
 from tapfinger.metrics import mean_ci
+from tapfinger.rollout import run_episode
+from tapfinger.workload import make_workload
 from tests.helpers import small
 
 
@@ -48,9 +52,58 @@ def test_results_schema_and_plots(tmp_path):
     assert all(b <= min(data["policies"][n]["avg_jct"]["per_seed"][i] for n in ["greedy", "random", "min"])
                for i, b in enumerate(data["policies"]["bound"]["avg_jct"]["per_seed"]))
     from tapfinger.plots import write_plots
-    for p in write_plots(res, tmp_path):
+    plots = write_plots(res, tmp_path)
+    assert sorted(p.name for p in plots) == ["avg_jct.png", "in_system.png", "jct_cdf.png"]
+    for p in plots:
         assert p.stat().st_size > 1000
+        assert_real_png(p)
     assert "bound" in format_table(res)
+
+    # The values, recomputed from separate episodes (common random numbers: same seed, same
+    # tasks) with numpy: per-task JCT records -> avg / percentiles / makespan / utilisation.
+    sc = small("hetero-6", tasks=40)
+    capacity = np.array([sum(n[r] for c in sc.clusters for n in c.nodes) for r in range(2)])
+    for name in ["greedy", "random", "min"]:
+        p = data["policies"][name]
+        for i, seed in enumerate([5, 6, 7]):
+            rec = run_episode(sc, make_policy(name, sc, seed=seed), seed)
+            jct = rec.records["jct"]
+            assert (jct >= 1).all() and jct.size == 40
+            makespan = int(rec.records["finish"].max()) + 1
+            assert p["avg_jct"]["per_seed"][i] == pytest.approx(jct.mean())
+            for key, q in [("p50_jct", 50), ("p95_jct", 95), ("p99_jct", 99)]:
+                assert p[key]["per_seed"][i] == pytest.approx(np.percentile(jct, q))
+            assert p["makespan"]["per_seed"][i] == makespan
+            util = rec.busy[:makespan].sum(axis=0) / (makespan * capacity)
+            assert [p["utilisation"][r]["per_seed"][i] for r in ("cpu", "gpu")] == pytest.approx(util.tolist())
+            assert 0 < util.min() and util.max() <= 1
+            # relations that hold whatever the policy: percentiles ordered within the JCT range,
+            # the makespan covers every task's stay, a JCT is at least the task's bound
+            p50, p95, p99 = (p[k]["per_seed"][i] for k in ("p50_jct", "p95_jct", "p99_jct"))
+            assert jct.min() <= p50 <= p95 <= p99 <= jct.max()
+            assert makespan >= jct.max() and makespan >= (rec.records["arrival"] + jct).max()
+            assert 0 < p["decisions_per_s"]["per_seed"][i] < float("inf")
+            bound = lower_bound(sc, make_workload(sc, seed))[0]
+            assert (jct >= bound).all()
+            assert data["policies"]["bound"]["avg_jct"]["per_seed"][i] == pytest.approx(bound.mean())
+        # paired differences: this policy's per-seed avg JCT minus the best heuristic's, same seed
+        assert p["diff_vs_best"]["per_seed"] == pytest.approx(
+            (np.array(p["avg_jct"]["per_seed"]) - np.array(data["policies"][best]["avg_jct"]["per_seed"])).tolist())
+
+
+def assert_real_png(path):
+    """A PNG that decodes to a plot-sized image with something drawn on it."""
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as img:
+        img.load()
+        width, height = img.size
+        assert width >= 300 and height >= 200
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)
+    colours = np.unique((pixels[:, 0].astype(np.int64) << 16) | (pixels[:, 1].astype(np.int64) << 8) | pixels[:, 2])
+    assert colours.size > 10  # not a blank canvas: axes, text and data in several colours
+    assert (pixels != 255).any(axis=1).mean() > 0.01
 
 
 def test_mean_ci_is_student_t():

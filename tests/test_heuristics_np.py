@@ -6,16 +6,19 @@ instances where the right choice of each heuristic is known.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from agents.heuristics.estimates import SpeedModel
+from agents.heuristics.greedy import GreedyPolicy
 from agents.registry import make_policy
 from envs.observations import build_observations
 from tapfinger.engine import Engine
 from tapfinger.rollout import run_episode
-from tapfinger.scenario import ScenarioError, load_scenario
-from tests.helpers import end_slot, engine_with, small, start
+from tapfinger.scenario import Cluster, ScenarioError, load_scenario
+from tests.helpers import end_slot, engine_with, require_shared_data, small, start, workload
 
 NP_POLICIES = ["fifo", "sjf", "drf", "greedy"]
 
@@ -179,7 +182,7 @@ def _trace_or_skip(name: str):
 
 
 def test_greedy_on_profiles_fastest_when_alone_cheaper_under_pressure():
-    _trace_or_skip("trace-3")
+    require_shared_data("trace-3")
     eng = engine_with("trace-3", [(0, "audio", [0])])
     assert decide("greedy", eng).alloc[0].tolist() == [11, 1]  # 8 slots, fewest CPUs that give 8
     eng = engine_with("trace-3", [(0, "lm", [0])])
@@ -195,3 +198,90 @@ def test_greedy_uses_the_node_that_fits_on_multi_node_clusters():
     eng.node_free[eng.static.cluster_nodes[2, 0]] = [1, 0, 0]
     act = decide("greedy", eng)
     assert act.task[2] == 0 and act.node[2] == 1 and act.alloc[2].tolist() == [2, 1, 12]
+
+
+# ---------------------------------------------------------------- greedy's deferral, delayed starts
+def _deferral_engine(remaining: int, x_wait: int, x_visible=(0, 1), gpus: int = 10, r_gpus: int = 6,
+                     x_work: float = 1.0) -> tuple[Engine, int, int]:
+    """Two clusters: 0 = (16 CPU, 10 GPU), 1 = (16, 16). On cluster 0 an IMG task R holds
+    6 GPUs (4 slots), so 4 GPUs are free now and all 10 come free after `remaining` slots.
+    Waiting in cluster 0's window: X, an LM task seen by both clusters that has waited `x_wait`
+    slots, and Y, an IMG task only cluster 0 sees, just arrived (so X is planned first).
+
+    X on cluster 0: now on the 4 free GPUs it runs 5 slots; after R it gets 10 GPUs and runs 2,
+    so its plan starts after d = `remaining` slots (d + S = remaining + 2 <= 4 < 5). Elsewhere
+    (cluster 1, 10 of its 16 GPUs) it would run 2 slots. Y needs 1 GPU for 4 slots: it fits now, unless
+    X's plan reserves all 10 GPUs during Y's 4 slots. So agent 0 starts Y exactly when it
+    defers X (a deferred task reserves nothing), and passes when it plans X normally.
+    (Those numbers are for the defaults; `gpus`, `r_gpus` and `x_work` change cluster 0's GPUs,
+    R's GPUs and X's work.) Returns the engine and the window places of X and Y in cluster 0."""
+    sc = dataclasses.replace(load_scenario("synthetic-3"),
+                             clusters=(Cluster("a", ((16, gpus),)), Cluster("b", ((16, 16),))))
+    now = 4 - remaining  # R runs 4 slots from slot 0
+    tasks = [(0, "IMG", [0]), (now - x_wait, "LM", list(x_visible)), (now, "IMG", [0])]
+    wl = workload(sc, tasks)
+    wl = dataclasses.replace(wl, work=np.array([1.0, x_work, 1.0]))
+    eng = Engine(sc, strict=True)
+    eng.reset(0, workload=wl)
+    start(eng, {0: (0, 0, [2, r_gpus])})
+    while eng.slot < now:
+        end_slot(eng)
+    assert eng.age[1] == x_wait and eng.age[2] == 0 and eng.status[0] == 2  # R still runs
+    assert eng.node_free[0].tolist() == [14, 4]
+    places = {int(t): p for p, t in enumerate(eng.window[0]) if t < eng.T}
+    return eng, places[1], places[2]
+
+
+def _greedy(eng: Engine, **kw):
+    policy = GreedyPolicy(eng.scenario, **kw)
+    policy.reset(0)
+    return policy.act(build_observations(eng))
+
+
+@pytest.mark.parametrize("remaining", [1, 2])
+def test_greedy_plans_for_the_wait_and_blocks_behind_it(remaining):
+    # Control: X seen by cluster 0 only is never deferred; its reservation (10 GPUs from slot
+    # `remaining` on) leaves Y no 4-slot run on a GPU before X's end: agent 0 passes.
+    eng, x, y = _deferral_engine(remaining, x_wait=1, x_visible=(0,))
+    assert _greedy(eng).task[0] == -1
+
+
+def test_greedy_defers_when_the_delayed_plan_ends_past_the_slack():
+    # R ends in 2 slots: X's plan is d = 2, S = 2 (d + S = 4), against 2 slots elsewhere plus
+    # defer_slack 1 = 3. 4 > 3: defer X, so Y starts now. (Without the start delay the rule
+    # would compare S = 2 <= 3, plan X and pass.)
+    eng, x, y = _deferral_engine(remaining=2, x_wait=1)
+    act = _greedy(eng)
+    assert act.task[0] == y and act.alloc[0].tolist() == [2, 1]
+    assert act.task[1] >= 0 and act.alloc[1].tolist() == [2, 10]  # cluster 1 takes X at its best
+    # the same situation with a slack of 2: d + S = 4 = elsewhere + slack, not deferred
+    assert _greedy(eng, defer_slack=2).task[0] == -1
+
+
+def test_greedy_does_not_defer_when_the_delayed_plan_ends_exactly_at_the_slack():
+    # R ends in 1 slot: X's plan is d = 1, S = 2: d + S = 3 = 2 elsewhere + defer_slack 1. Not
+    # more than the slack: X is planned (and reserved), Y cannot start: agent 0 passes.
+    eng, x, y = _deferral_engine(remaining=1, x_wait=1)
+    assert _greedy(eng).task[0] == -1
+    # with no slack at all, 3 > 2: deferred, and Y starts
+    assert _greedy(eng, defer_slack=0).task[0] == y
+
+
+def test_greedy_stops_deferring_after_patience_slots_of_waiting():
+    # The deferring situation (d + S = 4 > 3), but X has waited 2 slots = patience: it is
+    # planned normally now, and its reservation keeps Y back.
+    eng, x, y = _deferral_engine(remaining=2, x_wait=2)
+    assert _greedy(eng).task[0] == -1
+    assert _greedy(eng, patience=3).task[0] == y  # more patience: still deferred
+    eng, x, y = _deferral_engine(remaining=2, x_wait=1)
+    assert _greedy(eng, patience=1).task[0] == -1  # waited 1 = patience 1: planned
+
+
+def test_greedy_compares_with_the_elsewhere_run_of_the_tasks_own_work():
+    # X with work 2: elsewhere (16 GPUs) 3 slots; on cluster 0 (9 GPUs, R holding 5 for one more
+    # slot) its plan waits d = 1 for all 9 GPUs and runs 5 (now, on 4 GPUs, it would run 11):
+    # d + S = 6. At work 1 it would run 2 slots elsewhere.
+    eng, x, y = _deferral_engine(remaining=1, x_wait=1, gpus=9, r_gpus=5, x_work=2.0)
+    assert _greedy(eng, defer_slack=3).task[0] == -1  # 6 = 3 + 3: planned, Y kept back
+    act = _greedy(eng, defer_slack=2)  # 6 > 3 + 2: deferred, Y starts
+    assert act.task[0] == y and act.alloc[0].tolist() == [2, 1]

@@ -78,20 +78,70 @@ def test_loser_allocation_log_probability_left_out():
     assert decision_logp([step], lost=True) == -1.0
 
 
-def test_graph_batch_offsets_rows():
+def two_distinct_rounds(sc):
+    """Observations of two rounds of one episode (min heuristic) with different, non-zero numbers
+    of pending and running tasks, so that every offset of the second round is non-trivial."""
+    from agents.registry import make_policy
     from envs.observations import build_observations
     from tapfinger.engine import Engine
 
-    sc = small("edge-default", tasks=20)
     eng = Engine(sc)
     eng.reset(0)
-    r = round_arrays(build_observations(eng), sc)
-    b = collate([r, r])
-    P = r["pending_x"].shape[0]
-    assert b.x["pending"].shape[0] == 2 * P
-    W = r["window_row"].shape[1]
-    second = b.window_row[eng.N:]
-    assert ((second == -1) | (second >= P)).all() and second.shape == (eng.N, W)
+    policy = make_policy("min", sc)
+    policy.reset(0)
+    picked = []
+    while not eng.done and len(picked) < 2:
+        obs = build_observations(eng)
+        g = round_arrays(obs, sc)
+        P, M = g["pending_x"].shape[0], g["running_x"].shape[0]
+        if P and M and all(P != q and M != m for _, q, m in picked):
+            picked.append((obs, P, M))
+        a = policy.act(obs)
+        eng.play_round(a.task, a.node, a.alloc)
+    assert len(picked) == 2
+    return [o for o, _, _ in picked]
+
+
+def test_graph_batch_offsets_rows():
+    sc = small("edge-default", tasks=40)
+    obs = two_distinct_rounds(sc)
+    r = [round_arrays(o, sc) for o in obs]
+    b = collate(r)
+    N = sc.num_clusters
+    NT = sum(len(c.nodes) for c in sc.clusters)
+    P1, M1 = r[0]["pending_x"].shape[0], r[0]["running_x"].shape[0]
+    assert b.num_rounds == 2
+    assert torch.equal(b.x["pending"], torch.from_numpy(np.concatenate([r[0]["pending_x"], r[1]["pending_x"]])))
+    assert torch.equal(b.x["running"], torch.from_numpy(np.concatenate([r[0]["running_x"], r[1]["running_x"]])))
+    # window rows: round 1 as it is; round 2's pending rows come after round 1's P1 rows
+    w1, w2 = r[0]["window_row"], r[1]["window_row"]
+    assert b.window_row[:N].tolist() == w1.tolist()
+    assert b.window_row[N:].tolist() == np.where(w2 >= 0, w2 + P1, -1).tolist()
+    # ... so that the row of every window place holds that place's task
+    ids = np.concatenate([r[0]["pending_task_id"], r[1]["pending_task_id"]])
+    for k in range(2):
+        rows = b.window_row[k * N:(k + 1) * N].numpy()
+        assert (np.where(rows >= 0, ids[np.maximum(rows, 0)], -1) == obs[k]["window_id"]).all()
+    # node rows: global node id, plus NT for round 2
+    nid = [o["node_id"] for o in obs]
+    assert b.node_row.tolist() == np.concatenate([nid[0], np.where(nid[1] >= 0, nid[1] + NT, -1)]).tolist()
+    # edges of round 2: (pending + P1, cluster + N), (running + M1, node + NT), (node + NT, cluster + N)
+    off = {("pending", "visible_to", "cluster"): ("visible_edge", P1, N),
+           ("running", "placed_on", "node"): ("placed_edge", M1, NT)}
+    for key, (name, src_off, dst_off) in off.items():
+        e1, e2 = r[0][name], r[1][name]
+        assert e1.shape[1] and e2.shape[1]
+        want = np.concatenate([e1, e2 + np.array([[src_off], [dst_off]])], axis=1)
+        assert b.edges[key].tolist() == want.tolist(), key
+        rev = (key[2], "rev_" + key[1], key[0])
+        assert b.edges[rev].tolist() == want[::-1].tolist(), rev
+    member = b.edges[("node", "in", "cluster")].numpy()
+    assert member.tolist() == [list(range(2 * NT)),
+                               np.concatenate([r[0]["node_cluster"], r[1]["node_cluster"] + N]).tolist()]
+    assert b.agent_row.tolist() == list(range(2 * N))
+    assert b.round_of_agent.tolist() == b.cluster_round.tolist() == [0] * N + [1] * N
+    for k in ("task_mask", "node_mask", "alloc_low", "alloc_high"):
+        assert b.masks[k].long().tolist() == np.concatenate([o[k] for o in obs]).tolist(), k
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -15,7 +15,7 @@ from tapfinger.optimal import (MAX_TASKS, InstanceTooLargeError, WindowOverflowE
 from tapfinger.rollout import run_episode
 from tapfinger.scenario import Cluster, load_scenario
 from tapfinger.workload import make_workload
-from tests.helpers import workload
+from tests.helpers import scenario_params, workload
 
 
 def one_node_scenarios(*nodes: tuple[int, int], grid: tuple[int, int] = (16, 16)):
@@ -84,7 +84,7 @@ def test_optimum_equals_bound_when_tasks_never_meet():
 # ----------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("name", ["synthetic-3", "trace-3"])
+@pytest.mark.parametrize("name", scenario_params(["synthetic-3", "trace-3"]))
 def test_slot_table_matches_the_engine_for_every_allocation(name):
     # One huge node, one task per (cpu, gpu) allocation, all started in slot 0: every JCT the
     # engine reports must be the table's slot count (same float accumulation and finish rule).

@@ -18,6 +18,7 @@ from tapfinger.engine import Engine, build_static_tables
 from tapfinger.rollout import run_episode
 from tapfinger.scenario import Scenario, load_scenario, parse_scenario
 from tapfinger.workload import Workload
+from tests.helpers import scenario_params
 
 PAPER = ["optimus", "tiresias", "optimus-np", "tiresias-np"]
 
@@ -29,7 +30,7 @@ def small(name: str, tasks: int) -> Scenario:
 
 
 @pytest.mark.parametrize("policy", PAPER)
-@pytest.mark.parametrize("scenario", ["synthetic-3", "hetero-6", "trace-3", "edge-default"])
+@pytest.mark.parametrize("scenario", scenario_params(["synthetic-3", "hetero-6", "trace-3", "edge-default"]))
 def test_full_episode_respects_masks(policy: str, scenario: str) -> None:
     """Strict mode raises on any start or re-allocation the masks forbid; the episode must end
     with every task finished. trace-3 uses the measured profile; edge-default has several

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +22,9 @@ def test_profile_writes_a_row_and_resume_skips_it(tmp_path):
     out = tmp_path / "p.csv"
     req = ProfileRequest(models=("cnn-tiny",), cpus=(1,), gpus=(0,), samples=16, warmup=1, **QUICK)
     messages: list[str] = []
+    t0 = time.perf_counter()
     rows = run_profile(req, out, progress=False, log=messages.append, argv=req.command(out))
+    wall = time.perf_counter() - t0
     assert len(rows) == 1
 
     with out.open() as fh:
@@ -32,6 +36,24 @@ def test_profile_writes_a_row_and_resume_skips_it(tmp_path):
     assert int(row["steps"]) == 2 and int(row["samples"]) == 16 == 2 * int(row["batch_size"])
     assert 50 < float(row["peak_mem_mb"]) < 4000  # a python + torch process, in MiB
     assert row["gpu_mem_mb"] == "" and 0 <= float(row["contention"]) <= 1
+
+    # The measured fields hang together (definitions in the sidecar's "columns"):
+    # steps = ceil(samples / batch size); `seconds` is the wall time of all timed steps and
+    # `step_seconds` their median, which for two steps is the slower one: so the total is
+    # more than the median (it holds the faster step too) and at most two medians, plus the
+    # bookkeeping between steps. Set-up (interpreter start, torch import, model, warm-up) takes
+    # longer than two steps of this tiny model, and both happened within this call.
+    seconds, step, setup = float(row["seconds"]), float(row["step_seconds"]), float(row["setup_seconds"])
+    assert int(row["steps"]) == math.ceil(req.samples / model_config("cnn-tiny").batch_size)
+    assert int(row["batch_size"]) == model_config("cnn-tiny").batch_size
+    assert step < seconds <= int(row["steps"]) * step + 0.25
+    assert math.isfinite(setup) and seconds < setup and setup + seconds < wall
+    # what the CSV holds is what the call returned (to the 6 significant digits written)
+    got = rows[0]
+    assert (got["task"], got["cpus"], got["gpus"], got["model"]) == ("cnn-tiny", 1, 0, "cnn-tiny")
+    assert (got["steps"], got["samples"], got["batch_size"]) == (2, 16, 8) and got["gpu_mem_mb"] is None
+    for col in ("seconds", "step_seconds", "peak_mem_mb", "setup_seconds", "contention"):
+        assert float(row[col]) == pytest.approx(got[col], rel=1e-5), col
 
     # the profile reader (and so every scenario) reads it back, header and memory included
     table = read_profile(out)

@@ -9,6 +9,7 @@ import pytest
 from tapfinger.cli import main
 from tapfinger.progress import ProfileError, read_profile
 from tapfinger.scenario import ScenarioError, builtin_names, builtin_text, load_scenario
+from tests.helpers import needs_shared_data, require_shared_data, scenario_params
 
 GOOD = """
 name = "tiny"
@@ -34,19 +35,22 @@ def write(tmp_path, text):
     return path
 
 
-def test_builtins_are_listed_and_load():
+def test_builtins_are_listed():
     names = builtin_names()
     for n in ["synthetic-3", "synthetic-6", "hetero-6", "trace-3", "trace-6", "testbed-3", "edge-default"]:
         assert n in names
-    for n in names:
-        sc = load_scenario(n)
-        assert sc.name == n
+
+
+@pytest.mark.parametrize("name", scenario_params(builtin_names()))
+def test_builtin_loads(name):
+    assert load_scenario(name).name == name
 
 
 def test_reference_settings_match_design():
     h = load_scenario("hetero-6")
     assert [c.capacity() for c in h.clusters] == [(4, 4), (8, 8), (12, 12), (16, 16), (24, 24), (32, 32)]
     assert (h.arrivals.rate, h.arrivals.tasks, h.switch_weight, h.grid_max) == (6, 384, 1.0, (16, 16))
+    require_shared_data("trace-3")
     t = load_scenario("trace-3")
     assert (t.arrivals.rate, t.arrivals.tasks, t.grid_max, t.switch_weight) == (1.5, 1000, (16, 8), 0.5)
     assert [c.capacity() for c in load_scenario("testbed-3").clusters] == [(16, 4), (16, 4), (16, 8)]
@@ -131,6 +135,7 @@ def test_missing_shared_profile_says_how_to_point_elsewhere(monkeypatch, tmp_pat
         load_scenario("trace-3")
 
 
+@needs_shared_data("trace-3")
 def test_shared_profile_can_be_pointed_elsewhere(monkeypatch, tmp_path):
     import shutil
     target = tmp_path / "data" / "tapfinger-testbed"
@@ -140,6 +145,7 @@ def test_shared_profile_can_be_pointed_elsewhere(monkeypatch, tmp_path):
     assert load_scenario("trace-3").profile == str(target / "trace_container.csv")
 
 
+@needs_shared_data("trace-3")
 def test_profile_reader_averages_runs():
     table = read_profile(load_scenario("trace-3").profile)
     assert table.tasks() == ["audio", "lm", "mnist"]
@@ -160,6 +166,7 @@ def test_bad_profile_files(tmp_path, content, message):
         read_profile(path)
 
 
+@needs_shared_data("trace-3")
 def test_profile_missing_cell_is_named(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("mnist,1,1,10\n")

@@ -13,7 +13,7 @@ import torch
 
 from agents.learned.model import ModelConfig, TapFingerNet
 from tapfinger import __version__
-from tapfinger.scenario import Scenario, scenario_fingerprint
+from tapfinger.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
 
 FORMAT = "tapfinger-checkpoint-1"
 
@@ -89,8 +89,9 @@ def load_checkpoint(path: str | Path, scenario: Scenario | None = None,
     payload = read_payload(path)
     if scenario is not None and payload["scenario_fingerprint"] != scenario_fingerprint(scenario):
         raise CheckpointError(
-            f"checkpoint {path} was trained on scenario '{payload['scenario']}', which differs from "
-            f"'{scenario.name}' (clusters, nodes, task types, grid or window). Fix: evaluate it on "
+            f"checkpoint {path} was trained on scenario '{payload['scenario']}' (fingerprint "
+            f"{payload['scenario_fingerprint']}), which differs from this '{scenario.name}' (fingerprint "
+            f"{scenario_fingerprint(scenario)}) in one of: {FINGERPRINT_COVERS}. Fix: evaluate it on "
             f"'{payload['scenario']}', or train a policy for '{scenario.name}' with `tapfinger train "
             f"--scenario {scenario.name}`.")
     cfg = ModelConfig(**payload["model_config"])
