@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 
 @dataclass

@@ -28,8 +28,8 @@ from agents.learned.conflicts import fit_count, resolve  # numpy only
 from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks  # numpy only
 from envs.graph import feature_scales, graph_arrays
 from tapfinger import __version__
-from tapfinger.engine import build_static_tables
-from tapfinger.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
+from tapfinger.sim.engine import build_static_tables
+from tapfinger.sim.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
 
 FORMAT = "tapfinger-exported-policy-1"
 METADATA_KEY = "tapfinger"  # ONNX metadata_props key, and the name of the .pt2 extra file (+ ".json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from agents.base import Policy
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 # name -> "module:Class", or ("module:Class", constructor options)
 POLICIES: dict[str, str | tuple[str, dict]] = {

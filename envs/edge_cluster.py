@@ -28,8 +28,8 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from envs.observations import build_observations, observation_space, split_observations
-from tapfinger.engine import Engine, InvalidActionError
-from tapfinger.scenario import Scenario, load_scenario
+from tapfinger.sim.engine import Engine, InvalidActionError
+from tapfinger.sim.scenario import Scenario, load_scenario
 
 ENV_ID = "tapfinger/edge-cluster-v0"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 
 def feature_scales(scenario: Scenario) -> np.ndarray:

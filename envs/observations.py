@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from tapfinger.engine import Engine
+from tapfinger.sim.engine import Engine
 
 BIG = 2**31 - 1
 INT_KEYS_SCALAR = ("agent", "slot", "round", "queue_len")

@@ -16,8 +16,8 @@ import numpy as np
 
 from envs import EdgeClusterEnv
 from envs.observations import build_observations
-from tapfinger.engine import Engine
-from tapfinger.scenario import load_scenario
+from tapfinger.sim.engine import Engine
+from tapfinger.sim.scenario import load_scenario
 
 
 def random_feasible(obs: dict, rng: np.random.Generator, p_pass: float = 0.3):

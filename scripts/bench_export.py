@@ -33,8 +33,8 @@ from agents.learned.export import export_files
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.policy import LearnedPolicy
 from envs.observations import build_observations
-from tapfinger.engine import Engine
-from tapfinger.scenario import Cluster, Scenario, load_scenario
+from tapfinger.sim.engine import Engine
+from tapfinger.sim.scenario import Cluster, Scenario, load_scenario
 
 LARGE_CLUSTERS = 64
 LARGE_WINDOW = 320

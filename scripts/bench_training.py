@@ -23,7 +23,7 @@ def main() -> None:
     args = ap.parse_args()
     from agents.learned.checkpoint import read_payload
     from agents.learned.train import EVAL_SEED_START, heuristic_avg_jct
-    from tapfinger.scenario import load_scenario
+    from tapfinger.sim.scenario import load_scenario
 
     payload = read_payload(Path(args.run_dir) / "checkpoint.pt")
     history = json.loads(payload.get("history", "[]"))

@@ -75,9 +75,9 @@ _CACHE: dict = {}  # per worker process: scenarios, policies (Optimus fits once)
 def run_job(job: Job) -> tuple[Job, float, float, bool]:
     """One episode; returns (job, avg JCT, wall seconds, truncated)."""
     from agents.registry import make_policy
-    from tapfinger.engine import Engine
-    from tapfinger.rollout import run_episode
-    from tapfinger.scenario import load_scenario
+    from tapfinger.sim.engine import Engine
+    from tapfinger.evaluation.rollout import run_episode
+    from tapfinger.sim.scenario import load_scenario
 
     key = (job.scenario, job.policy)
     if key not in _CACHE:

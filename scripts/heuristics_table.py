@@ -19,8 +19,8 @@ from scipy import stats
 from tqdm import tqdm
 
 from agents.registry import make_policy, policy_names
-from tapfinger.rollout import run_episode
-from tapfinger.scenario import load_scenario
+from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.scenario import load_scenario
 
 
 def run_one(job: tuple[str, str, int]) -> tuple[str, int, float, bool]:

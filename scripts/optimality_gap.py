@@ -1,15 +1,15 @@
 """Distance from optimal: every registered policy against the exact offline optimum.
 
-Over many small random instances (tapfinger.optimal.small_scenario: 2-3 one-node clusters of
+Over many small random instances (tapfinger.evaluation.optimal.small_scenario: 2-3 one-node clusters of
 4..8 CPUs and GPUs, IMG and LM tasks, about a dozen tasks), it solves the optimum with HiGHS,
 runs each policy of agents/registry.py on the same arrivals (same seed), and prints a markdown
 table of avg_jct / optimal (mean and 95% CI over instances), and of the per-task lower bound
-(tapfinger/bounds.py) and the integer program's LP relaxation over the optimum.
+(tapfinger/evaluation/bounds.py) and the integer program's LP relaxation over the optimum.
 
     .venv/bin/python scripts/optimality_gap.py --instances 50
     .venv/bin/python scripts/optimality_gap.py --instances 10 --policies random min fifo
 
-The optimum is non-preemptive and ignores the pending window (see tapfinger/optimal.py): a
+The optimum is non-preemptive and ignores the pending window (see tapfinger/evaluation/optimal.py): a
 preemptive policy may score a ratio below 1, a non-preemptive one never should; the script
 counts both, and how many optima were not replayable in the engine (a window overflowed).
 """
@@ -27,10 +27,10 @@ from scipy import stats
 from tqdm import tqdm
 
 from agents.registry import make_policy, policy_names
-from tapfinger.bounds import lower_bound
-from tapfinger.optimal import WindowOverflowError, optimal, replay_schedule, small_scenario
-from tapfinger.rollout import run_episode
-from tapfinger.workload import make_workload
+from tapfinger.evaluation.bounds import lower_bound
+from tapfinger.evaluation.optimal import WindowOverflowError, optimal, replay_schedule, small_scenario
+from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.workload import make_workload
 
 
 @dataclass

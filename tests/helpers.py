@@ -8,10 +8,10 @@ import tomllib
 import numpy as np
 import pytest
 
-from tapfinger.engine import Engine
-from tapfinger.scenario import (Scenario, ScenarioError, builtin_names, builtin_text, load_scenario,
+from tapfinger.sim.engine import Engine
+from tapfinger.sim.scenario import (Scenario, ScenarioError, builtin_names, builtin_text, load_scenario,
                                 resolve_data_path)
-from tapfinger.workload import Workload
+from tapfinger.sim.workload import Workload
 
 # ----------------------------------------------------------------------------- shared data
 # The trace scenarios (trace-3, trace-6, testbed-3) read `shared:tapfinger-testbed/...`, which

@@ -1,4 +1,4 @@
-"""The per-task lower bound (tapfinger/bounds.py) for tasks whose work is not 1.
+"""The per-task lower bound (tapfinger/evaluation/bounds.py) for tasks whose work is not 1.
 
 Hand-made workloads with work 0.5, 1.5, 2, 4, checked against slot counts worked out by hand
 (or by iterating DESIGN.md's progress formula here, in plain Python floats); a property test
@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.registry import make_policy
-from tapfinger.bounds import best_slots_per_node, lower_bound, slot_table, static_tables
-from tapfinger.engine import Engine
-from tapfinger.optimal import small_scenario
-from tapfinger.rollout import run_episode
-from tapfinger.scenario import Cluster, load_scenario
-from tapfinger.workload import Workload, make_workload
+from tapfinger.evaluation.bounds import best_slots_per_node, lower_bound, slot_table, static_tables
+from tapfinger.sim.engine import Engine
+from tapfinger.evaluation.optimal import small_scenario
+from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.scenario import Cluster, load_scenario
+from tapfinger.sim.workload import Workload, make_workload
 
 PAPER_POLICIES = ["greedy", "fifo", "sjf", "optimus", "tiresias", "random"]
 

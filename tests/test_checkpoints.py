@@ -18,7 +18,7 @@ import pytest
 
 from agents.exported import FORMAT as EXPORT_FORMAT
 from agents.exported import ExportedPolicyError, check_metadata, expected_layout
-from tapfinger.scenario import load_scenario, scenario_fingerprint
+from tapfinger.sim.scenario import load_scenario, scenario_fingerprint
 from tests.helpers import load_or_skip, missing_shared_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def test_fingerprint_covers_the_profile_table_content_not_its_path(tmp_path):
 
 
 def test_fingerprints_of_the_built_in_scenarios_differ():
-    from tapfinger.scenario import builtin_names
+    from tapfinger.sim.scenario import builtin_names
 
     prints = {}
     for name in builtin_names():
@@ -188,7 +188,7 @@ def test_shipped_checkpoint_reproduces_its_stored_evaluation(path):
     import torch
 
     from agents.registry import make_policy
-    from tapfinger.rollout import run_episode
+    from tapfinger.evaluation.rollout import run_episode
 
     results = json.loads(path.read_text())
     name = results["scenario"]

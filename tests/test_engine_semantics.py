@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tapfinger.engine import FINISHED, InvalidActionError, RUNNING
+from tapfinger.sim.engine import FINISHED, InvalidActionError, RUNNING
 from tests.helpers import end_slot, engine_with, needs_shared_data, start
 
 
@@ -194,7 +194,7 @@ def test_trace_progress_matches_measured_table():
     eng = engine_with("trace-3", [(0, "lm", [0])])
     start(eng, {0: (0, 0, [4, 2])})
     end_slot(eng)
-    from tapfinger.progress import read_profile
+    from tapfinger.sim.progress import read_profile
     t = read_profile(eng.scenario.profile).lookup("lm", 4, 2)
     assert eng.progress[0] == pytest.approx(5.0 / (t + 14.0))
 
@@ -228,7 +228,7 @@ def test_switch_penalty_applies_only_at_the_slot_end_where_the_allocation_change
     # there; every other slot end gives the full amount.
     eng = engine_with("synthetic-3", [(0, "LM", [0]), (6, "IMG", [0])])
     assert eng.scenario.switch_weight == 0.5
-    expected, p, switches = [], 0.0, 0
+    p, switches = 0.0, 0
 
     def slot_end(gpus: int, switched: bool):
         nonlocal p, switches

@@ -11,7 +11,7 @@ from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test
 from pettingzoo.utils.conversions import parallel_to_aec
 
 from envs import ENV_ID, EdgeClusterEnv, make
-from tapfinger.scenario import builtin_names
+from tapfinger.sim.scenario import builtin_names
 from tests.helpers import random_feasible_env_action, scenario_params, small
 
 BUILTINS = builtin_names()
@@ -152,7 +152,7 @@ def test_invalid_actions_counted_not_raised_by_default():
 def test_strict_env_raises_on_malformed_array_action():
     env = EdgeClusterEnv("synthetic-3", strict=True)
     env.reset(seed=0)
-    from tapfinger.engine import InvalidActionError
+    from tapfinger.sim.engine import InvalidActionError
     with pytest.raises(InvalidActionError, match="array action must have 4 entries"):
         env.step({"cluster_0": np.array([1, 0])})
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tapfinger.engine import FINISHED, Engine
+from tapfinger.sim.engine import FINISHED, Engine
 from tests.helpers import scenario_params, small
 
 SCENARIOS = ["synthetic-3", "hetero-6", "edge-default", "trace-3"]

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from envs import EdgeClusterEnv
-from tapfinger.engine import FINISHED, RUNNING, WAITING
-from tapfinger.evaluation import EvalConfig, run_evaluation
-from tapfinger.workload import make_workload
+from tapfinger.sim.engine import FINISHED, RUNNING, WAITING
+from tapfinger.evaluation.harness import EvalConfig, run_evaluation
+from tapfinger.sim.workload import make_workload
 from tests.helpers import load_or_skip, small, workload
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,7 +151,7 @@ STEP_WITHOUT_TORCH = """
 import dataclasses, sys
 import numpy as np
 from envs import EdgeClusterEnv
-from tapfinger.scenario import load_scenario
+from tapfinger.sim.scenario import load_scenario
 
 for name in ("edge-default", "synthetic-3"):
     sc = load_scenario(name)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from agents.registry import make_policy
-from tapfinger.bounds import lower_bound
-from tapfinger.cli import main
-from tapfinger.evaluation import EvalConfig, format_table, run_evaluation, write_results
-from tapfinger.metrics import mean_ci
-from tapfinger.rollout import run_episode
-from tapfinger.workload import make_workload
+from tapfinger.evaluation.bounds import lower_bound
+from tapfinger.cli.main import main
+from tapfinger.evaluation.harness import EvalConfig, format_table, run_evaluation, write_results
+from tapfinger.evaluation.metrics import mean_ci
+from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.workload import make_workload
 from tests.helpers import small
 
 
@@ -51,7 +51,7 @@ def test_results_schema_and_plots(tmp_path):
     # common random numbers: the bound is a property of the seed's tasks, the same for all policies
     assert all(b <= min(data["policies"][n]["avg_jct"]["per_seed"][i] for n in ["greedy", "random", "min"])
                for i, b in enumerate(data["policies"]["bound"]["avg_jct"]["per_seed"]))
-    from tapfinger.plots import write_plots
+    from tapfinger.evaluation.plots import write_plots
     plots = write_plots(res, tmp_path)
     assert sorted(p.name for p in plots) == ["avg_jct.png", "in_system.png", "jct_cdf.png"]
     for p in plots:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.exported import ExportedPolicy, ExportedPolicyError, scenario_fingerprint
+from agents.exported import ExportedPolicy, ExportedPolicyError
 from agents.learned.checkpoint import load_checkpoint, save_checkpoint
 from agents.learned.checkpoint import scenario_fingerprint as checkpoint_fingerprint
 from agents.learned.export import (PolicyModule, compare_outputs, eager_outputs_for_feeds, export_files,
@@ -22,11 +22,11 @@ from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.policy import LearnedPolicy
 from agents.registry import make_policy
 from envs.observations import build_observations
-from tapfinger.cli import main
-from tapfinger.engine import Engine
-from tapfinger.scenario import load_scenario
-from tapfinger.workload import make_workload
-from tests.helpers import load_or_skip, small
+from tapfinger.cli.main import main
+from tapfinger.sim.engine import Engine
+from tapfinger.sim.scenario import load_scenario
+from tapfinger.sim.workload import make_workload
+from tests.helpers import small
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = {"synthetic-3": 40, "edge-default": 30}  # name -> tasks per (shortened) episode
@@ -179,7 +179,7 @@ def test_fingerprint_without_torch_equals_the_checkpoint_one():
     code = (
         "import json, sys\n"
         "from agents.exported import scenario_fingerprint\n"
-        "from tapfinger.scenario import ScenarioError, load_scenario\n"
+        "from tapfinger.sim.scenario import ScenarioError, load_scenario\n"
         "out = {}\n"
         "for name in json.loads(sys.argv[1]):\n"
         "    try:\n"
@@ -255,7 +255,7 @@ def test_onnx_policy_runs_without_torch_geometric_or_torch(exported):
     code = (
         "import sys\n"
         "from agents.registry import make_policy\n"
-        "from tapfinger.rollout import run_episode\n"
+        "from tapfinger.evaluation.rollout import run_episode\n"
         "from tests.helpers import small\n"
         "sc = small('synthetic-3', tasks=15)\n"
         f"result = run_episode(sc, make_policy('onnx:{path}', sc), seed=0)\n"

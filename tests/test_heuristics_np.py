@@ -15,9 +15,9 @@ from agents.heuristics.estimates import SpeedModel
 from agents.heuristics.greedy import GreedyPolicy
 from agents.registry import make_policy
 from envs.observations import build_observations
-from tapfinger.engine import Engine
-from tapfinger.rollout import run_episode
-from tapfinger.scenario import Cluster, ScenarioError, load_scenario
+from tapfinger.sim.engine import Engine
+from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.scenario import Cluster, ScenarioError, load_scenario
 from tests.helpers import end_slot, engine_with, require_shared_data, small, start, workload
 
 NP_POLICIES = ["fifo", "sjf", "drf", "greedy"]

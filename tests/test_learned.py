@@ -26,7 +26,7 @@ def make_net(scenario, **kw):
 
 @pytest.mark.parametrize("name, multi", [("synthetic-3", False), ("edge-default", True), ("edge-default", False)])
 def test_sampled_actions_respect_masks_over_an_episode(name, multi):
-    from tapfinger.engine import Engine
+    from tapfinger.sim.engine import Engine
     from envs.observations import build_observations
 
     sc = small(name, tasks=40)
@@ -70,7 +70,7 @@ def test_fit_count_counts_minimum_per_node():
 
 
 def test_loser_allocation_log_probability_left_out():
-    from agents.learned.policy import AgentDecision, Step
+    from agents.learned.policy import Step
     from agents.learned.ppo import decision_logp
 
     step = Step({}, 0, 0, np.zeros(2, dtype=np.int64), 5, 0.5, logp_task=-1.0, logp_rest=-2.0)
@@ -83,7 +83,7 @@ def two_distinct_rounds(sc):
     of pending and running tasks, so that every offset of the second round is non-trivial."""
     from agents.registry import make_policy
     from envs.observations import build_observations
-    from tapfinger.engine import Engine
+    from tapfinger.sim.engine import Engine
 
     eng = Engine(sc)
     eng.reset(0)
@@ -189,7 +189,7 @@ def test_checkpoint_refusals(tmp_path):
     net = make_net(sc)
     path = save_checkpoint(tmp_path / "c.pt", net=net, scenario=sc, acting={}, step=3)
     assert load_checkpoint(path, sc).step == 3
-    from tapfinger.scenario import load_scenario
+    from tapfinger.sim.scenario import load_scenario
 
     with pytest.raises(CheckpointError, match="trained on scenario 'synthetic-3'.*hetero-6"):
         load_checkpoint(path, load_scenario("hetero-6"))

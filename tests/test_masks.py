@@ -183,7 +183,7 @@ def make_planner(sc, max_sequence=4):
 @pytest.mark.parametrize("name", ["edge-default", "hetero-6"])
 def test_every_planned_sequence_is_feasible_step_by_step(name):
     from envs.observations import build_observations
-    from tapfinger.engine import Engine
+    from tapfinger.sim.engine import Engine
 
     sc = busy(name, tasks=30)
     planner = make_planner(sc)
@@ -213,7 +213,7 @@ def test_planned_sequences_play_without_re_validation(monkeypatch, max_running):
 
     import agents.learned.policy as policy_module
     from envs.observations import build_observations
-    from tapfinger.engine import Engine
+    from tapfinger.sim.engine import Engine
 
     sc = busy("edge-default", tasks=30, visibility="home")
     planner = make_planner(sc)

@@ -1,4 +1,4 @@
-"""Metrics of one episode and statistics across seeds (tapfinger/metrics.py, evaluation.summarise),
+"""Metrics of one episode and statistics across seeds (tapfinger/evaluation/metrics.py, evaluation.summarise),
 on hand-made inputs whose right answers are computed by hand (or by scipy in the test)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tapfinger.evaluation import EvalConfig, is_heuristic, summarise
-from tapfinger.metrics import EpisodeMetrics, episode_metrics, mean_ci, summary
-from tapfinger.rollout import EpisodeResult
-from tapfinger.scenario import load_scenario
+from tapfinger.evaluation.harness import EvalConfig, is_heuristic, summarise
+from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, mean_ci, summary
+from tapfinger.evaluation.rollout import EpisodeResult
+from tapfinger.sim.scenario import load_scenario
 
 
 def hand_result(jct, finish, busy, decisions=120, decide_seconds=0.5, seed=7, invalid=0, truncated=False):

@@ -1,4 +1,4 @@
-"""The lower bound and the exact optimum (tapfinger/bounds.py, tapfinger/optimal.py)."""
+"""The lower bound and the exact optimum (tapfinger/evaluation/bounds.py, tapfinger/evaluation/optimal.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from agents.registry import make_policy, policy_names
-from tapfinger.bounds import NEVER, lower_bound, slot_table, static_tables
-from tapfinger.engine import Engine
-from tapfinger.optimal import (MAX_TASKS, InstanceTooLargeError, WindowOverflowError, check_schedule, optimal,
+from tapfinger.evaluation.bounds import NEVER, lower_bound, slot_table, static_tables
+from tapfinger.sim.engine import Engine
+from tapfinger.evaluation.optimal import (MAX_TASKS, InstanceTooLargeError, WindowOverflowError, check_schedule, optimal,
                                replay_schedule, small_scenario)
-from tapfinger.rollout import run_episode
-from tapfinger.scenario import Cluster, load_scenario
-from tapfinger.workload import make_workload
+from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.scenario import Cluster, load_scenario
+from tapfinger.sim.workload import make_workload
 from tests.helpers import scenario_params, workload
 
 
@@ -138,7 +138,7 @@ def test_unreachable_task_gets_an_infinite_bound():
 def _heuristic_policies(scenario):
     # Learned policies need a checkpoint and torch (slow to import): heuristics only here;
     # scripts/optimality_gap.py runs every policy that can be built.
-    from tapfinger.evaluation import is_heuristic
+    from tapfinger.evaluation.harness import is_heuristic
 
     return [(name, make_policy(name, scenario, seed=0)) for name in policy_names() if is_heuristic(name)]
 

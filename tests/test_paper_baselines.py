@@ -14,10 +14,10 @@ from agents.heuristics.optimus import OptimusPolicy, fit_speed_model, progress_a
 from agents.heuristics.tiresias import TiresiasPolicy
 from agents.registry import make_policy
 from envs.observations import build_observations
-from tapfinger.engine import Engine, build_static_tables
-from tapfinger.rollout import run_episode
-from tapfinger.scenario import Scenario, load_scenario, parse_scenario
-from tapfinger.workload import Workload
+from tapfinger.sim.engine import Engine, build_static_tables
+from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.scenario import Scenario, load_scenario, parse_scenario
+from tapfinger.sim.workload import Workload
 from tests.helpers import scenario_params
 
 PAPER = ["optimus", "tiresias", "optimus-np", "tiresias-np"]

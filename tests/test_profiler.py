@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from tapfinger.profiler import (CSV_COLUMNS, ProfileRequest, ProfilerError, model_config, plan_jobs,
+from tapfinger.testbed.profiler import (CSV_COLUMNS, ProfileRequest, ProfilerError, model_config, plan_jobs,
                                 run_profile, sidecar_path)
-from tapfinger.progress import profile_tables, read_profile
+from tapfinger.sim.progress import profile_tables, read_profile
 
 # Tests must not wait for idle CPUs or re-measure on a busy machine.
 QUICK = {"wait_idle": 0.0, "retries": 0}

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from tapfinger.cli import main
-from tapfinger.progress import ProfileError, read_profile
-from tapfinger.scenario import ScenarioError, builtin_names, builtin_text, load_scenario
+from tapfinger.cli.main import main
+from tapfinger.sim.progress import ProfileError, read_profile
+from tapfinger.sim.scenario import ScenarioError, builtin_names, load_scenario
 from tests.helpers import needs_shared_data, require_shared_data, scenario_params
 
 GOOD = """
@@ -129,7 +129,7 @@ def test_unknown_scenario_name():
 
 
 def test_missing_shared_profile_says_how_to_point_elsewhere(monkeypatch, tmp_path):
-    import tapfinger.scenario as scen
+    import tapfinger.sim.scenario as scen
     monkeypatch.setattr(scen, "shared_data_dirs", lambda: [tmp_path / "nowhere"])
     with pytest.raises(ScenarioError, match="TAPFINGER_SHARED_DATA"):
         load_scenario("trace-3")
@@ -172,6 +172,6 @@ def test_profile_missing_cell_is_named(tmp_path):
     path.write_text("mnist,1,1,10\n")
     sc = load_scenario("trace-3")
     sc = dataclasses.replace(sc, profile=str(path), task_types=sc.task_types[:1])
-    from tapfinger.engine import Engine
+    from tapfinger.sim.engine import Engine
     with pytest.raises(ProfileError, match="no measurement for task 'mnist' with 1 CPUs and 2 GPUs"):
         Engine(sc)

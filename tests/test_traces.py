@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from agents.registry import make_policy
-from tapfinger.cli import main
-from tapfinger.engine import WAITING_NOT_ARRIVED, Engine
-from tapfinger.rollout import run_episode
-from tapfinger.scenario import load_scenario
-from tapfinger.traces import (PhillyImport, Trace, TraceError, import_philly, parse_start, read_philly,
-                              read_trace, trace_from_workload, trace_to_workload, trace_workload, write_trace)
-from tapfinger.workload import Workload, make_workload
+from tapfinger.cli.main import main
+from tapfinger.sim.engine import WAITING_NOT_ARRIVED, Engine
+from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.scenario import load_scenario
+from tapfinger.sim.traces import (Trace, TraceError, read_trace, trace_from_workload, trace_to_workload,
+                                  trace_workload, write_trace)
+from tapfinger.testbed.philly import PhillyImport, import_philly, parse_start, read_philly
+from tapfinger.sim.workload import Workload, make_workload
 
 TYPES = ("cnn", "audio", "lm")
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.engine import FINISH_EPS, build_static_tables
-from tapfinger.progress import SQRT_OFFSET, slots_to_finish
-from tapfinger.scenario import Scenario
+from tapfinger.sim.engine import FINISH_EPS, build_static_tables
+from tapfinger.sim.progress import SQRT_OFFSET, slots_to_finish
+from tapfinger.sim.scenario import Scenario
 
 # Slot count that stands for "never finishes" (an allocation below the minimum, or no speed).
 NEVER = 10**6

@@ -52,7 +52,7 @@ import numpy as np
 
 from agents.base import Policy, RoundActions
 from agents.heuristics.estimates import NEVER, Option, SpeedModel
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 
 class GreedyPolicy(Policy):

@@ -14,9 +14,9 @@ import warnings
 import numpy as np
 
 from agents.heuristics.paper_common import ClusterView, PaperBaseline
-from tapfinger.engine import StaticTables
-from tapfinger.progress import SQRT_OFFSET
-from tapfinger.scenario import Scenario
+from tapfinger.sim.engine import StaticTables
+from tapfinger.sim.progress import SQRT_OFFSET
+from tapfinger.sim.scenario import Scenario
 
 # The model divides by c and g; the authors put grid points with 0 CPUs or GPUs at this value.
 ZERO_STAND_IN = 1e-3

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.base import Policy, RoundActions
-from tapfinger.engine import build_static_tables
-from tapfinger.scenario import Scenario
+from tapfinger.sim.engine import build_static_tables
+from tapfinger.sim.scenario import Scenario
 
 
 @dataclass

@@ -27,7 +27,7 @@ import numpy as np
 from agents.base import Policy, RoundActions
 from agents.heuristics.common import feasible_places
 from agents.heuristics.estimates import Option, SpeedModel, fastest_start
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 
 class _OrderedPolicy(Policy):

@@ -14,7 +14,7 @@ import torch
 
 from agents.learned.masks import MASK_KEYS
 from envs.graph import graph_arrays
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 
 

@@ -13,7 +13,7 @@ import torch
 
 from agents.learned.model import ModelConfig, TapFingerNet
 from tapfinger import __version__
-from tapfinger.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
+from tapfinger.sim.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
 
 FORMAT = "tapfinger-checkpoint-1"
 

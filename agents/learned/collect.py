@@ -18,8 +18,8 @@ import torch
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.policy import ActingOptions, AgentDecision, Planner, RoundRecord, Step
 from envs.observations import build_observations
-from tapfinger.engine import Engine
-from tapfinger.scenario import Scenario
+from tapfinger.sim.engine import Engine
+from tapfinger.sim.scenario import Scenario
 
 
 @dataclass

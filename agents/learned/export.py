@@ -36,7 +36,7 @@ from agents.learned.batch import collate, round_arrays
 from agents.learned.checkpoint import load_checkpoint, read_payload, scenario_fingerprint
 from agents.learned.model import EDGE_TYPES, VERTEX_TYPES, Encoder, ModelConfig, TapFingerNet
 from tapfinger import __version__
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 FORMATS = ("onnx", "pt2")
 ONNX_OPSET = 18  # ScatterElements with reduction="max" needs 18
@@ -179,7 +179,7 @@ def random_feeds(cfg: ModelConfig, N: int, nodes_per_cluster: list[int], P: int,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """A random but well-formed input of the given sizes (tracing example; size checks in tests)."""
     rng = np.random.default_rng(seed)
-    K, R = cfg.num_types, cfg.num_resources
+    R = cfg.num_resources
     dims = cfg.feature_dims()
     NN = max(nodes_per_cluster)
     NT = sum(nodes_per_cluster)
@@ -403,7 +403,7 @@ def sample_rounds(scenario: Scenario, net: TapFingerNet, acting: dict, seed: int
     """Observations of rounds (with deciding agents) of one greedy episode of the eager policy."""
     from agents.learned.policy import ActingOptions, Planner
     from envs.observations import build_observations
-    from tapfinger.engine import Engine
+    from tapfinger.sim.engine import Engine
 
     planner = Planner(net, scenario, ActingOptions(**acting))
     eng = Engine(scenario)
@@ -453,7 +453,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str, scenari
 def export_files(checkpoint: str | Path, outs: dict[str, str | Path], scenario: Scenario | None = None,
                  verify: bool = True) -> list[ExportResult]:
     """`export_checkpoint` for several formats ({"onnx": path, "pt2": path}) from one traced program."""
-    from tapfinger.scenario import ScenarioError, load_scenario
+    from tapfinger.sim.scenario import ScenarioError, load_scenario
 
     for fmt in outs:
         if fmt not in FORMATS:

@@ -16,7 +16,7 @@ from torch_geometric.nn import GATv2Conv, HeteroConv
 from torch_geometric.utils import scatter
 
 from agents.learned.batch import GraphBatch
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 NEG = -1e9  # masked logit; finite so that fully-masked rows never produce NaN
 

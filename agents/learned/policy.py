@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from agents.base import Policy, RoundActions
-from agents.learned.actor import Decision, decide
+from agents.learned.actor import decide
 from agents.learned.batch import collate, round_arrays
 from agents.learned.conflicts import fit_count, resolve
 from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks
 from agents.learned.model import TapFingerNet
-from tapfinger.engine import build_static_tables
-from tapfinger.scenario import Scenario
+from tapfinger.sim.engine import build_static_tables
+from tapfinger.sim.scenario import Scenario
 
 
 

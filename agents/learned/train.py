@@ -22,7 +22,7 @@ from agents.learned.collect import Collector
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.policy import ActingOptions
 from agents.learned.ppo import PPOConfig, build_samples, imitation_update, ppo_update
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 EVAL_SEED_START = 900  # evaluation seeds during training; `tapfinger evaluate` defaults to >= 1000
 
@@ -84,7 +84,7 @@ def evaluate_policy(scenario: Scenario, net: TapFingerNet, acting: dict, seeds: 
 
 def heuristic_avg_jct(scenario: Scenario, name: str, seeds: list[int]) -> float:
     from agents.registry import make_policy
-    from tapfinger.rollout import run_episode
+    from tapfinger.evaluation.rollout import run_episode
 
     pol = make_policy(name, scenario)
     return float(np.mean([run_episode(scenario, pol, s).avg_jct for s in seeds]))

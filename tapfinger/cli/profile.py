@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tapfinger.profiler import ProfileRequest, parse_int_list, parse_models, run_profile, sidecar_path
+    from tapfinger.testbed.profiler import ProfileRequest, parse_int_list, parse_models, run_profile, sidecar_path
 
     req = ProfileRequest(
         models=parse_models(args.models),

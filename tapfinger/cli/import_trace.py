@@ -34,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tapfinger.scenario import resolve_data_path
-    from tapfinger.traces import PhillyImport, TraceError, import_philly, parse_start, read_philly, \
-        write_trace
+    from tapfinger.sim.scenario import resolve_data_path
+    from tapfinger.sim.traces import TraceError, write_trace
+    from tapfinger.testbed.philly import PhillyImport, import_philly, parse_start, read_philly
 
     try:
         edges = tuple(float(x) for x in args.gpu_time_edges.split(",") if x.strip())

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.scenario import Scenario
+from tapfinger.sim.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,6 @@ def make_workload(scenario: Scenario, seed: int) -> Workload:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A9F]))
     if scenario.arrivals.process == "poisson":
         return poisson_workload(scenario, rng)
-    from tapfinger.traces import trace_workload  # only trace scenarios need the reader
+    from tapfinger.sim.traces import trace_workload  # only trace scenarios need the reader
 
     return trace_workload(scenario, rng)

@@ -14,7 +14,7 @@ worker processes, summarised with 95% confidence intervals and paired difference
           "diff_vs_best": same form, per seed: this policy's avg JCT minus best_heuristic's,
           "invalid_actions": int, "unfinished_tasks": int, "truncated_episodes": int
         },
-        "bound": {"avg_jct": same form}   # per-task lower bound (tapfinger/bounds.py)
+        "bound": {"avg_jct": same form}   # per-task lower bound (tapfinger/evaluation/bounds.py)
       }
     }
 """
@@ -32,8 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tapfinger import __version__
-from tapfinger.metrics import EpisodeMetrics, episode_metrics, summary
-from tapfinger.scenario import Scenario
+from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, summary
+from tapfinger.sim.scenario import Scenario
 
 LEARNED_PREFIXES = ("tapfinger", "onnx:", "pt2:")
 
@@ -55,9 +55,9 @@ class EvalConfig:
 def _run_job(job: tuple[Scenario, str, int, dict]) -> tuple[str, EpisodeMetrics, float]:
     # Worker processes import lazily: a heuristic-only evaluation never imports torch.
     from agents.registry import make_policy
-    from tapfinger.bounds import lower_bound
-    from tapfinger.engine import Engine
-    from tapfinger.rollout import run_episode
+    from tapfinger.evaluation.bounds import lower_bound
+    from tapfinger.sim.engine import Engine
+    from tapfinger.evaluation.rollout import run_episode
 
     scenario, name, seed, options = job
     key = (name, scenario.name, repr(sorted(options.items())))

@@ -23,10 +23,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from tapfinger.engine import FINISH_EPS, StaticTables, build_static_tables
-from tapfinger.progress import SQRT_OFFSET
-from tapfinger.scenario import Scenario
-from tapfinger.workload import Workload
+from tapfinger.sim.engine import FINISH_EPS, StaticTables, build_static_tables
+from tapfinger.sim.progress import SQRT_OFFSET
+from tapfinger.sim.scenario import Scenario
+from tapfinger.sim.workload import Workload
 
 # Slot count of an allocation that never finishes (below the minimum, or zero progress).
 NEVER = np.iinfo(np.int64).max // 4

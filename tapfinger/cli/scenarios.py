@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tapfinger.scenario import builtin_names, builtin_text, load_scenario
+from tapfinger.sim.scenario import builtin_names, builtin_text, load_scenario
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from tapfinger.scenario import load_scenario
+from tapfinger.sim.scenario import load_scenario
 
 
 def add_common(p: argparse.ArgumentParser, default_policies: str, default_seeds: int) -> None:
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def evaluate_and_report(args: argparse.Namespace, out: Path) -> dict:
     from agents.registry import policy_names, policy_options
-    from tapfinger.evaluation import EvalConfig, format_table, run_evaluation, write_results
+    from tapfinger.evaluation.harness import EvalConfig, format_table, run_evaluation, write_results
 
     scenario = load_scenario(args.scenario)
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
@@ -57,7 +57,7 @@ def evaluate_and_report(args: argparse.Namespace, out: Path) -> dict:
     path = write_results(results, out)
     print(f"\nwrote {path}")
     if not args.no_plots:
-        from tapfinger.plots import write_plots
+        from tapfinger.evaluation.plots import write_plots
 
         for p in write_plots(results, out):
             print(f"wrote {p}")

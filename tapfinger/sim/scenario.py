@@ -172,7 +172,7 @@ def shared_data_dirs() -> list[Path]:
     dirs = []
     if os.environ.get(SHARED_DATA_ENV):
         dirs.append(Path(os.environ[SHARED_DATA_ENV]))
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]
     dirs += [repo_root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data",
              Path.cwd() / "shared" / "data"]
     return dirs

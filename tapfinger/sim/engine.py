@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.progress import SQRT_OFFSET, profile_tables, read_profile, synthetic_tables
-from tapfinger.scenario import Scenario
-from tapfinger.workload import Workload, make_workload
+from tapfinger.sim.progress import SQRT_OFFSET, profile_tables, read_profile, synthetic_tables
+from tapfinger.sim.scenario import Scenario
+from tapfinger.sim.workload import Workload, make_workload
 
 WAITING_NOT_ARRIVED, WAITING, RUNNING, FINISHED = 0, 1, 2, 3
 # Progress is accumulated in floating point; a task whose exact progress is 1 must finish.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from tapfinger.rollout import EpisodeResult
+from tapfinger.evaluation.rollout import EpisodeResult
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The `tapfinger` command. Each sub-command lives in `tapfinger/commands/<name>.py` and
+"""The `tapfinger` command. Each sub-command lives in `tapfinger/cli/<name>.py` and
 exposes `register(subparsers)`; heavy imports (torch, plotting) stay inside the commands' run
 functions so that `tapfinger --help` is fast."""
 
@@ -19,9 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"tapfinger.commands.{name}")
+            module = importlib.import_module(f"tapfinger.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"tapfinger.commands.{name}":
+            if exc.name == f"tapfinger.cli.{name}":
                 continue  # not built yet
             raise
         module.register(sub)

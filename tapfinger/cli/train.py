@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tapfinger.scenario import load_scenario
+from tapfinger.sim.scenario import load_scenario
 
 
 def register(sub: argparse._SubParsersAction) -> None:

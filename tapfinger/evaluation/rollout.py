@@ -13,8 +13,8 @@ import numpy as np
 
 from agents.base import Policy
 from envs.observations import build_observations
-from tapfinger.engine import Engine
-from tapfinger.scenario import Scenario
+from tapfinger.sim.engine import Engine
+from tapfinger.sim.scenario import Scenario
 
 
 @dataclass

@@ -7,7 +7,7 @@ Every task chooses exactly one option (node, start slot, allocation):
 * the allocation is at least the minimum and at most `grid_max` and the node's capacity in
   every resource, and stays fixed while the task runs (non-preemptive); it runs for
   d(type, allocation) slots, counted with the engine's own float arithmetic
-  (`tapfinger.bounds.slot_table`), and holds its resources in slots start .. start + d - 1;
+  (`tapfinger.evaluation.bounds.slot_table`), and holds its resources in slots start .. start + d - 1;
 * in every slot, the tasks running on a node fit its capacity in every resource, and a cluster
   runs at most `max_running` tasks (the engine's cap, see `build_static_tables`).
 
@@ -29,7 +29,7 @@ round; conflicts). Rounds never restrict which set of tasks can start in a slot,
 can. So `optimal` is the exact optimum of the environment whenever no window overflows in the
 optimal schedule (`replay_schedule` checks this by playing the schedule in the engine), and in
 every case a lower bound on the average JCT of every non-preemptive policy. Preemptive policies
-can beat it (they can resize running tasks), never `tapfinger.bounds.lower_bound`.
+can beat it (they can resize running tasks), never `tapfinger.evaluation.bounds.lower_bound`.
 
 Small random instances for the optimality-gap study come from `small_scenario`.
 """
@@ -45,10 +45,10 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_matrix, csr_matrix
 
-from tapfinger.bounds import NEVER, alloc_range, lower_bound, slot_table, static_tables
-from tapfinger.engine import Engine, StaticTables
-from tapfinger.scenario import Cluster, Scenario, load_scenario
-from tapfinger.workload import Workload, make_workload
+from tapfinger.evaluation.bounds import NEVER, alloc_range, lower_bound, slot_table, static_tables
+from tapfinger.sim.engine import Engine, StaticTables
+from tapfinger.sim.scenario import Cluster, Scenario, load_scenario
+from tapfinger.sim.workload import Workload, make_workload
 
 # Limits of `optimal`: beyond them HiGHS may take minutes to hours; use `lower_bound` instead.
 MAX_TASKS = 20
@@ -78,7 +78,7 @@ class OptimalSchedule:
     cluster: np.ndarray  # [T]
     node: np.ndarray  # [T] global node index (engine's numbering)
     alloc: np.ndarray  # [T, R]
-    lower_bound: float  # tapfinger.bounds.lower_bound's mean, for reference
+    lower_bound: float  # tapfinger.evaluation.bounds.lower_bound's mean, for reference
     lp_bound: float  # the LP relaxation's average JCT (a stronger lower bound)
     list_avg_jct: float  # the list schedule that capped the time windows
     horizon: int  # slots modelled
@@ -255,7 +255,7 @@ def optimal(scenario: Scenario, workload: Workload, time_limit: float = DEFAULT_
         raise InstanceTooLargeError(
             f"optimal(): the episode has {T} tasks, the exact integer program is limited to "
             f"{max_tasks} tasks and {max_binaries} binary variables. Fix: use fewer tasks "
-            f"(arrivals.tasks, e.g. small_scenario()), or tapfinger.bounds.lower_bound for large episodes.")
+            f"(arrivals.tasks, e.g. small_scenario()), or tapfinger.evaluation.bounds.lower_bound for large episodes.")
     if T == 0:
         raise ValueError("optimal(): the workload has no tasks")
     lb, lb_mean = lower_bound(scenario, workload)
@@ -284,7 +284,7 @@ def optimal(scenario: Scenario, workload: Workload, time_limit: float = DEFAULT_
                     f"variables ({T} tasks, time windows of up to {slack + int(lb.max())} slots from "
                     f"the list schedule); the limits are {max_tasks} tasks and {max_binaries} binaries. "
                     f"Fix: fewer tasks or less load (arrivals.tasks, arrivals.rate), or "
-                    f"tapfinger.bounds.lower_bound.")
+                    f"tapfinger.evaluation.bounds.lower_bound.")
             starts = np.arange(int(arr[t]), int(arr[t]) + n_starts)
             var_task.append(np.full(n_starts, t))
             var_start.append(starts)

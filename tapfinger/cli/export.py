@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                              f"file *.onnx or *.pt2")
         fmt = suffix
     from agents.learned.export import export_checkpoint
-    from tapfinger.scenario import load_scenario
+    from tapfinger.sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario) if args.scenario else None
     result = export_checkpoint(args.checkpoint, args.out, fmt, scenario=scenario, verify=not args.no_verify)

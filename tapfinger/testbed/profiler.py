@@ -2,7 +2,7 @@
 
 `tapfinger profile` runs a few real PyTorch training steps of small models that live here
 (an image CNN, a Transformer language model, a speech model; synthetic inputs, nothing is
-downloaded) and writes a profile CSV that `tapfinger.progress.read_profile` reads:
+downloaded) and writes a profile CSV that `tapfinger.sim.progress.read_profile` reads:
 
     task,cpus,gpus,seconds,peak_mem_mb,<extra columns>
 
@@ -10,7 +10,7 @@ downloaded) and writes a profile CSV that `tapfinger.progress.read_profile` read
 few untimed warm-up steps), which is the "completion time" T of the testbed schema; a
 scenario turns it into progress per slot as `slot / (T + startup_seconds)`.
 
-Every measurement runs in a fresh Python subprocess (`python -m tapfinger.profiler
+Every measurement runs in a fresh Python subprocess (`python -m tapfinger.testbed.profiler
 --worker SPEC`): thread-pool sizes, CPU affinity and allocator state are process-wide in
 PyTorch and must not leak from one measurement into the next. The worker pins itself to the
 first `cpus` CPUs this process may use (`os.sched_setaffinity`) *before* importing torch, so
@@ -422,7 +422,7 @@ def thread_env(cpus: int) -> dict[str, str]:
 def measure(job: Job, timeout: float | None = None) -> dict[str, Any]:
     """Run one measurement in a fresh subprocess and return its result dict."""
     spec = {**asdict(job), "cpu_ids": list(job.cpu_ids), "spawn_time": time.time(), "parent": os.getpid()}
-    cmd = [sys.executable, "-m", "tapfinger.profiler", "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "tapfinger.testbed.profiler", "--worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(job.cpus), timeout=timeout)
     except subprocess.TimeoutExpired:

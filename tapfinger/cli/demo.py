@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tapfinger.commands.evaluate import add_common, evaluate_and_report
+from tapfinger.cli.evaluate import add_common, evaluate_and_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
