@@ -23,12 +23,13 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.base import Policy, RoundActions
+from agents.base import Policy
+from envs.actions import RoundActions
 from agents.learned.conflicts import fit_count, resolve  # numpy only
 from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks  # numpy only
 from envs.graph import feature_scales, graph_arrays
 from tapfinger import __version__
-from tapfinger.sim.engine import build_static_tables
+from tapfinger.sim.tables import static_tables
 from tapfinger.sim.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
 
 FORMAT = "tapfinger-exported-policy-1"
@@ -275,7 +276,7 @@ class ExportedPolicy(Policy):
         self.multi_task = bool(acting.get("multi_task", False))
         self.max_sequence = int(acting.get("max_sequence", 4))
         self.bayes = bool(acting.get("bayes", True))
-        self.static = build_static_tables(scenario)
+        self.static = static_tables(scenario)
         self.grid = self.static.grid_max
         self.queue: list[list[_Step]] = [[] for _ in range(scenario.num_clusters)]
         self.slot = -1

@@ -27,8 +27,9 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from envs.actions import from_env_actions
 from envs.observations import build_observations, observation_space, split_observations
-from tapfinger.sim.engine import Engine, InvalidActionError
+from tapfinger.sim.engine import RUNNING, WAITING, Engine
 from tapfinger.sim.scenario import Scenario, load_scenario
 
 ENV_ID = "tapfinger/edge-cluster-v0"
@@ -84,44 +85,8 @@ class EdgeClusterEnv(ParallelEnv):
     def step(self, actions: dict[str, Any]):
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset() first")
-        e = self.engine
-        task = np.full(e.N, -1, dtype=np.int64)
-        node = np.zeros(e.N, dtype=np.int64)
-        alloc = np.zeros((e.N, e.R), dtype=np.int64)
-        realloc = None
-        for i, agent in enumerate(self.possible_agents):
-            act = actions.get(agent)
-            if act is None:
-                continue
-            if isinstance(act, dict):
-                t, n, a, re = act.get("task", 0), act.get("node", 0), act.get("alloc"), act.get("realloc")
-            else:
-                arr = np.asarray(act, dtype=np.int64).ravel()
-                if arr.size != 2 + e.R:
-                    raise InvalidActionError(
-                        f"agent {agent}: array action must have {2 + e.R} entries [task, node, "
-                        f"{', '.join(self.scenario.resources)}], got {arr.size}")
-                t, n, a, re = arr[0], arr[1], arr[2:], None
-            task[i] = int(t) - 1
-            node[i] = int(n)
-            if a is not None:
-                alloc[i] = np.asarray(a, dtype=np.int64).reshape(e.R)
-            if re is not None:
-                re = np.asarray(re, dtype=np.int64).reshape(e.M, e.R)
-                if re.any():
-                    if realloc is None:
-                        realloc = np.full((e.N, e.M, e.R), -1, dtype=np.int64)
-                    realloc[i] = re - 1
-        return self._finish_round(e.play_round(task, node, alloc, realloc))
-
-    def step_arrays(self, task: np.ndarray, node: np.ndarray, alloc: np.ndarray,
-                    realloc: np.ndarray | None = None):
-        """`step()` for policies that act on all agents at once, with engine conventions:
-        task[i] = window place or -1, node[i] local node, alloc [N, R], realloc [N, M, R] with
-        -1 = keep (or None). Returns the same tuple as `step()`."""
-        if not self.agents:
-            raise RuntimeError("step_arrays() called on a finished episode; call reset() first")
-        return self._finish_round(self.engine.play_round(task, node, alloc, realloc))
+        round_actions = from_env_actions(actions, self.possible_agents, self.engine, self.scenario.resources)
+        return self._finish_round(round_actions.play(self.engine))
 
     def _finish_round(self, slot_ended: bool):
         e = self.engine
@@ -145,8 +110,8 @@ class EdgeClusterEnv(ParallelEnv):
         free = e.cluster_free() / cap
         counts = np.stack([e.num_running, e.num_waiting, e.queue_lengths()], axis=1) / max(e.W, 1)
         K = len(self.scenario.task_types)
-        waiting = np.bincount(e.task_type[e.status == 1], minlength=K)
-        running = np.bincount(e.task_type[e.status == 2], minlength=K)
+        waiting = np.bincount(e.task_type[e.status == WAITING], minlength=K)
+        running = np.bincount(e.task_type[e.status == RUNNING], minlength=K)
         return np.concatenate([free.ravel(), counts.ravel(), waiting / max(e.W, 1), running / max(e.W, 1),
                                [e.slot / 100.0]]).astype(np.float32)
 

@@ -2,8 +2,8 @@
 
     python scripts/bench_env.py [--scenarios hetero-6,edge-default] [--seconds 5]
 
-Measures (1) the engine with batched observations (what the evaluation harness and trainers
-use) and (2) the PettingZoo `step()` with per-agent dict actions and observations. Action
+Measures (1) whole episodes through `envs.episode.run_episode`, the engine with batched
+observations (what the evaluation harness and trainers use), and (2) the PettingZoo `step()` with per-agent dict actions and observations. Action
 sampling is timed separately and excluded from the rates. Also the wall time of one full episode.
 """
 
@@ -15,60 +15,49 @@ import time
 import numpy as np
 
 from envs import EdgeClusterEnv
-from envs.observations import build_observations
+from envs.actions import RoundActions, random_feasible
+from envs.episode import run_episode
 from tapfinger.sim.engine import Engine
 from tapfinger.sim.scenario import load_scenario
 
 
-def random_feasible(obs: dict, rng: np.random.Generator, p_pass: float = 0.3):
-    N, W = obs["window_id"].shape
-    R = obs["alloc_low"].shape[2]
-    task = np.full(N, -1, dtype=np.int64)
-    node = np.zeros(N, dtype=np.int64)
-    alloc = np.zeros((N, R), dtype=np.int64)
-    for i in range(N):
-        places = np.flatnonzero(obs["task_mask"][i, 1:])
-        if not places.size or rng.random() < p_pass:
-            continue
-        p = int(places[rng.integers(places.size)])
-        nodes = np.flatnonzero(obs["node_mask"][i, p])
-        n = int(nodes[rng.integers(nodes.size)])
-        task[i], node[i] = p, n
-        alloc[i] = rng.integers(obs["alloc_low"][i, p], obs["alloc_high"][i, n] + 1)
-    return task, node, alloc
+class RandomFeasible:
+    """Random feasible actions (`envs.actions.random_feasible`), timing its own sampling."""
+
+    name = "random-feasible"
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.seconds = 0.0
+
+    def act(self, obs: dict) -> RoundActions:
+        t0 = time.perf_counter()
+        out = random_feasible(obs, self.rng, p_pass=0.3)
+        self.seconds += time.perf_counter() - t0
+        return out
 
 
 def bench_engine(name: str, seconds: float) -> dict:
+    """Whole episodes through `envs.episode.run_episode` (the loop every driver uses)."""
     sc = load_scenario(name)
     eng = Engine(sc)
-    rng = np.random.default_rng(0)
-    rounds = slots = episodes = 0
-    step_time = act_time = 0.0
-    seed = 0
-    eng.reset(seed)
-    episode_walls = []
-    ep_start = time.perf_counter()
+    policy = RandomFeasible(0)
+    rounds = slots = 0
+    walls, step_time = [], 0.0
     t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or not episode_walls:
+    seed = 0
+    while time.perf_counter() < t_end or not walls:
+        sampling_before = policy.seconds
         t0 = time.perf_counter()
-        obs = build_observations(eng)
-        t1 = time.perf_counter()
-        act = random_feasible(obs, rng)
-        t2 = time.perf_counter()
-        ended = eng.play_round(*act)
-        t3 = time.perf_counter()
-        step_time += (t1 - t0) + (t3 - t2)
-        act_time += t2 - t1
-        rounds += 1
-        slots += ended
-        if eng.done:
-            episode_walls.append(time.perf_counter() - ep_start)
-            episodes += 1
-            seed += 1
-            eng.reset(seed)
-            ep_start = time.perf_counter()
-    return {"rounds_per_s": rounds / step_time, "slots_per_s": slots / step_time, "episodes": episodes,
-            "episode_wall_s": float(np.mean(episode_walls)), "sampling_share": act_time / (act_time + step_time)}
+        result = run_episode(sc, policy, seed, engine=eng)
+        wall = time.perf_counter() - t0
+        walls.append(wall)
+        step_time += wall - (policy.seconds - sampling_before)
+        rounds += result.rounds
+        slots += result.slots
+        seed += 1
+    return {"rounds_per_s": rounds / step_time, "slots_per_s": slots / step_time, "episodes": len(walls),
+            "episode_wall_s": float(np.mean(walls)), "sampling_share": policy.seconds / sum(walls)}
 
 
 def bench_pettingzoo(name: str, seconds: float) -> dict:
@@ -79,8 +68,8 @@ def bench_pettingzoo(name: str, seconds: float) -> dict:
     step_time = 0.0
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end:
-        task, node, alloc = random_feasible(env.batched_observations(), rng)
-        actions = {a: {"task": int(task[i]) + 1, "node": int(node[i]), "alloc": alloc[i]}
+        act = random_feasible(env.batched_observations(), rng, p_pass=0.3)
+        actions = {a: {"task": int(act.task[i]) + 1, "node": int(act.node[i]), "alloc": act.alloc[i]}
                    for i, a in enumerate(env.agents)}
         t0 = time.perf_counter()
         obs, rew, term, trunc, info = env.step(actions)

@@ -76,7 +76,7 @@ def run_job(job: Job) -> tuple[Job, float, float, bool]:
     """One episode; returns (job, avg JCT, wall seconds, truncated)."""
     from agents.registry import make_policy
     from tapfinger.sim.engine import Engine
-    from tapfinger.evaluation.rollout import run_episode
+    from envs.episode import run_episode
     from tapfinger.sim.scenario import load_scenario
 
     key = (job.scenario, job.policy)

@@ -19,7 +19,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from agents.registry import make_policy, policy_names
-from tapfinger.evaluation.rollout import run_episode
+from envs.episode import run_episode
 from tapfinger.sim.scenario import load_scenario
 
 

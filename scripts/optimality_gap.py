@@ -29,7 +29,7 @@ from tqdm import tqdm
 from agents.registry import make_policy, policy_names
 from tapfinger.evaluation.bounds import lower_bound
 from tapfinger.evaluation.optimal import WindowOverflowError, optimal, replay_schedule, small_scenario
-from tapfinger.evaluation.rollout import run_episode
+from envs.episode import run_episode
 from tapfinger.sim.workload import make_workload
 
 

@@ -8,6 +8,7 @@ import tomllib
 import numpy as np
 import pytest
 
+from envs.actions import random_start
 from tapfinger.sim.engine import Engine
 from tapfinger.sim.scenario import (Scenario, ScenarioError, builtin_names, builtin_text, load_scenario,
                                 resolve_data_path)
@@ -113,11 +114,9 @@ def end_slot(eng: Engine) -> None:
 
 def random_feasible_env_action(obs: dict, rng: np.random.Generator) -> dict:
     """A uniformly random action among those the masks allow (PettingZoo Dict format)."""
-    choices = np.flatnonzero(obs["task_mask"])
-    task = int(rng.choice(choices))
-    if task == 0:
+    row = {k: v[None] for k, v in obs.items()}  # one agent's observation as a batch of one
+    start = random_start(row, 0, rng)
+    if start is None:
         return {"task": 0, "node": 0, "alloc": np.zeros(obs["alloc_low"].shape[1], dtype=np.int64)}
-    nodes = np.flatnonzero(obs["node_mask"][task - 1])
-    node = int(rng.choice(nodes))
-    low, high = obs["alloc_low"][task - 1], obs["alloc_high"][node]
-    return {"task": task, "node": node, "alloc": rng.integers(low, high + 1)}
+    place, node, alloc = start
+    return {"task": place + 1, "node": node, "alloc": alloc}

@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.registry import make_policy
-from tapfinger.evaluation.bounds import best_slots_per_node, lower_bound, slot_table, static_tables
+from tapfinger.evaluation.bounds import best_slots_per_node, lower_bound, slot_table
+from tapfinger.sim.tables import static_tables
 from tapfinger.sim.engine import Engine
 from tapfinger.evaluation.optimal import small_scenario
-from tapfinger.evaluation.rollout import run_episode
+from envs.episode import run_episode
 from tapfinger.sim.scenario import Cluster, load_scenario
 from tapfinger.sim.workload import Workload, make_workload
 

@@ -188,7 +188,7 @@ def test_shipped_checkpoint_reproduces_its_stored_evaluation(path):
     import torch
 
     from agents.registry import make_policy
-    from tapfinger.evaluation.rollout import run_episode
+    from envs.episode import run_episode
 
     results = json.loads(path.read_text())
     name = results["scenario"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from envs.actions import random_feasible
 from tapfinger.sim.engine import FINISHED, Engine
 from tests.helpers import scenario_params, small
 
@@ -25,18 +26,8 @@ def adversarial(eng: Engine, rng: np.random.Generator):
 def feasible(eng: Engine, obs_builder, rng: np.random.Generator, preempt: bool):
     obs = obs_builder(eng)
     N, R = eng.N, eng.R
-    task = np.full(N, -1, dtype=np.int64)
-    node = np.zeros(N, dtype=np.int64)
-    alloc = np.zeros((N, R), dtype=np.int64)
-    for i in range(N):
-        choices = np.flatnonzero(obs["task_mask"][i])
-        pick = int(rng.choice(choices))
-        if pick == 0:
-            continue
-        place = pick - 1
-        n = int(rng.choice(np.flatnonzero(obs["node_mask"][i, place])))
-        task[i], node[i] = place, n
-        alloc[i] = rng.integers(obs["alloc_low"][i, place], obs["alloc_high"][i, n] + 1)
+    act = random_feasible(obs, rng)
+    task, node, alloc = act.task, act.node, act.alloc
     realloc = None
     if preempt and eng.scenario.allow_preemption and rng.random() < 0.3:
         # pause or halve a random running task: always within capacity

@@ -12,7 +12,7 @@ from tapfinger.evaluation.bounds import lower_bound
 from tapfinger.cli.main import main
 from tapfinger.evaluation.harness import EvalConfig, format_table, run_evaluation, write_results
 from tapfinger.evaluation.metrics import mean_ci
-from tapfinger.evaluation.rollout import run_episode
+from envs.episode import run_episode
 from tapfinger.sim.workload import make_workload
 from tests.helpers import small
 

@@ -119,7 +119,7 @@ def test_multi_task_sequences_match_the_planner(exported):
     onnx_policy = ExportedPolicy(sc, path=e["onnx"], kind="onnx", multi_task=True, max_sequence=3)
     queued = []
     act = onnx_policy.act
-    onnx_policy.act = lambda obs: (a := act(obs), queued.append(any(onnx_policy.queue)))[0]
+    onnx_policy.act = lambda obs: (act(obs), queued.append(any(onnx_policy.queue)))[0]
     play_in_lockstep(sc, eager, [onnx_policy], seed=3)
     assert sum(queued) >= 3  # sequences longer than one choice were planned and played
 
@@ -255,7 +255,7 @@ def test_onnx_policy_runs_without_torch_geometric_or_torch(exported):
     code = (
         "import sys\n"
         "from agents.registry import make_policy\n"
-        "from tapfinger.evaluation.rollout import run_episode\n"
+        "from envs.episode import run_episode\n"
         "from tests.helpers import small\n"
         "sc = small('synthetic-3', tasks=15)\n"
         f"result = run_episode(sc, make_policy('onnx:{path}', sc), seed=0)\n"

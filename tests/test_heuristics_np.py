@@ -16,7 +16,7 @@ from agents.heuristics.greedy import GreedyPolicy
 from agents.registry import make_policy
 from envs.observations import build_observations
 from tapfinger.sim.engine import Engine
-from tapfinger.evaluation.rollout import run_episode
+from envs.episode import run_episode
 from tapfinger.sim.scenario import Cluster, ScenarioError, load_scenario
 from tests.helpers import end_slot, engine_with, require_shared_data, small, start, workload
 

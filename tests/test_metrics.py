@@ -11,7 +11,7 @@ from scipy import stats
 
 from tapfinger.evaluation.harness import EvalConfig, is_heuristic, summarise
 from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, mean_ci, summary
-from tapfinger.evaluation.rollout import EpisodeResult
+from envs.episode import EpisodeResult
 from tapfinger.sim.scenario import load_scenario
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from agents.registry import make_policy, policy_names
-from tapfinger.evaluation.bounds import NEVER, lower_bound, slot_table, static_tables
+from tapfinger.evaluation.bounds import NEVER, lower_bound, slot_table
+from tapfinger.sim.tables import static_tables
 from tapfinger.sim.engine import Engine
 from tapfinger.evaluation.optimal import (MAX_TASKS, InstanceTooLargeError, WindowOverflowError, check_schedule, optimal,
                                replay_schedule, small_scenario)
-from tapfinger.evaluation.rollout import run_episode
+from envs.episode import run_episode
 from tapfinger.sim.scenario import Cluster, load_scenario
 from tapfinger.sim.workload import make_workload
 from tests.helpers import scenario_params, workload

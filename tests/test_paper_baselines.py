@@ -14,8 +14,9 @@ from agents.heuristics.optimus import OptimusPolicy, fit_speed_model, progress_a
 from agents.heuristics.tiresias import TiresiasPolicy
 from agents.registry import make_policy
 from envs.observations import build_observations
-from tapfinger.sim.engine import Engine, build_static_tables
-from tapfinger.evaluation.rollout import run_episode
+from tapfinger.sim.engine import Engine
+from tapfinger.sim.tables import static_tables
+from envs.episode import run_episode
 from tapfinger.sim.scenario import Scenario, load_scenario, parse_scenario
 from tapfinger.sim.workload import Workload
 from tests.helpers import scenario_params
@@ -156,7 +157,7 @@ def test_admission_stops_at_floor_capacity_over_minimum() -> None:
 @pytest.mark.parametrize("ttype", [0, 1])
 def test_optimus_fit_reproduces_synthetic_progress(ttype: int) -> None:
     scen = load_scenario("synthetic-3")
-    st = build_static_tables(scen)
+    st = static_tables(scen)
     params = fit_speed_model(st, ttype)  # default: the allocations at or above the minimum
     truth = progress_at_start(st, ttype)
     c, g = np.meshgrid(np.arange(truth.shape[0]), np.arange(truth.shape[1]), indexing="ij")
@@ -168,7 +169,7 @@ def test_optimus_fit_reproduces_synthetic_progress(ttype: int) -> None:
 def test_authors_fit_layout_is_transposed_on_a_square_grid() -> None:
     """The authors' pairing fits LM (GPU-bound) as if it were CPU-bound: documents the
     defect that the `fit_points="authors"` option keeps to reproduce the reference."""
-    st = build_static_tables(load_scenario("synthetic-3"))
+    st = static_tables(load_scenario("synthetic-3"))
     params = fit_speed_model(st, 1, "authors")
     assert speed_model(16.0, 2.0, *params) > 2 * speed_model(2.0, 16.0, *params)
     truth = progress_at_start(st, 1)

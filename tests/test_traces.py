@@ -12,7 +12,7 @@ import pytest
 from agents.registry import make_policy
 from tapfinger.cli.main import main
 from tapfinger.sim.engine import WAITING_NOT_ARRIVED, Engine
-from tapfinger.evaluation.rollout import run_episode
+from envs.episode import run_episode
 from tapfinger.sim.scenario import load_scenario
 from tapfinger.sim.traces import (Trace, TraceError, read_trace, trace_from_workload, trace_to_workload,
                                   trace_workload, write_trace)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.sim.engine import FINISH_EPS, build_static_tables
+from tapfinger.sim.engine import FINISH_EPS
+from tapfinger.sim.tables import static_tables
 from tapfinger.sim.progress import SQRT_OFFSET, slots_to_finish
 from tapfinger.sim.scenario import Scenario
 
@@ -52,7 +53,7 @@ class SpeedModel:
     """
 
     def __init__(self, scenario: Scenario):
-        st = build_static_tables(scenario)
+        st = static_tables(scenario)
         self.static = st
         self.scenario = scenario
         self.R = scenario.num_resources

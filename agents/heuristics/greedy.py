@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.base import Policy, RoundActions
+from agents.base import Policy
+from envs.actions import RoundActions
 from agents.heuristics.estimates import NEVER, Option, SpeedModel
 from tapfinger.sim.scenario import Scenario
 

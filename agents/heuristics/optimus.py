@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from agents.heuristics.paper_common import ClusterView, PaperBaseline
-from tapfinger.sim.engine import StaticTables
+from tapfinger.sim.tables import StaticTables
 from tapfinger.sim.progress import SQRT_OFFSET
 from tapfinger.sim.scenario import Scenario
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.base import Policy, RoundActions
-from tapfinger.sim.engine import build_static_tables
+from agents.base import Policy
+from envs.actions import RoundActions
+from tapfinger.sim.tables import static_tables
 from tapfinger.sim.scenario import Scenario
 
 
@@ -164,7 +165,7 @@ class PaperBaseline(Policy):
 
     Per agent i, in index order:
     1. admission (`pick_candidate`): at most one candidate, only while the agent runs fewer
-       than ⌊capacity / minimum⌋ tasks — the engine's own bound (`StaticTables.max_running`);
+       than ⌊capacity / minimum⌋ tasks — the engine's own bound (`tapfinger.sim.tables.StaticTables.max_running`);
     2. the candidate's node: where its minimum fits once every running task is reset to
        `reset_floor` (preemptive), or in what is free now (non-preemptive);
     3. `plan` allocates every running task and the candidate from the node capacities;
@@ -182,7 +183,7 @@ class PaperBaseline(Policy):
         if self.preemptive and not scenario.allow_preemption:
             raise ValueError(f"scenario {scenario.name!r} does not allow preemption. Fix: use "
                              f"'{self.name}-np', or set allow_preemption = true")
-        self.static = build_static_tables(scenario)  # the profiles an operator has measured
+        self.static = static_tables(scenario)  # the profiles an operator has measured
         self.skip_claimed = skip_claimed
         self.order = StartOrder()
 

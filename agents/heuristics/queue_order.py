@@ -24,7 +24,8 @@ from abc import abstractmethod
 
 import numpy as np
 
-from agents.base import Policy, RoundActions
+from agents.base import Policy
+from envs.actions import RoundActions
 from agents.heuristics.common import feasible_places
 from agents.heuristics.estimates import Option, SpeedModel, fastest_start
 from tapfinger.sim.scenario import Scenario

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.base import Policy, RoundActions
+from agents.base import Policy
+from envs.actions import RoundActions
 from agents.heuristics.common import alloc_bounds, feasible_places, fitting_nodes, occupied_places
 
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agents.base import Policy, RoundActions
+from agents.base import Policy
+from envs.actions import RoundActions
 from agents.learned.actor import decide
 from agents.learned.batch import collate, round_arrays
 from agents.learned.conflicts import fit_count, resolve
 from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks
 from agents.learned.model import TapFingerNet
-from tapfinger.sim.engine import build_static_tables
+from tapfinger.sim.tables import static_tables
 from tapfinger.sim.scenario import Scenario
 
 
@@ -73,7 +74,7 @@ class Planner:
         self.net = net
         self.scenario = scenario
         self.options = options or ActingOptions()
-        self.static = build_static_tables(scenario)
+        self.static = static_tables(scenario)
         self.grid = self.static.grid_max
         self.device = torch.device(device)
         self.queue: list[list[Step]] = [[] for _ in range(scenario.num_clusters)]

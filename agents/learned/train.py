@@ -84,7 +84,7 @@ def evaluate_policy(scenario: Scenario, net: TapFingerNet, acting: dict, seeds: 
 
 def heuristic_avg_jct(scenario: Scenario, name: str, seeds: list[int]) -> float:
     from agents.registry import make_policy
-    from tapfinger.evaluation.rollout import run_episode
+    from envs.episode import run_episode
 
     pol = make_policy(name, scenario)
     return float(np.mean([run_episode(scenario, pol, s).avg_jct for s in seeds]))

@@ -23,7 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from tapfinger.sim.engine import FINISH_EPS, StaticTables, build_static_tables
+from tapfinger.sim.engine import FINISH_EPS
+from tapfinger.sim.tables import static_tables
 from tapfinger.sim.progress import SQRT_OFFSET
 from tapfinger.sim.scenario import Scenario
 from tapfinger.sim.workload import Workload
@@ -32,12 +33,6 @@ from tapfinger.sim.workload import Workload
 NEVER = np.iinfo(np.int64).max // 4
 # A task that needs more slots than this alone is treated as never finishing (guards the loop).
 SLOT_LIMIT = 1_000_000
-
-
-@lru_cache(maxsize=16)
-def static_tables(scenario: Scenario) -> StaticTables:
-    """`build_static_tables`, cached: scenarios are frozen, and profile scenarios read a CSV."""
-    return build_static_tables(scenario)
 
 
 @lru_cache(maxsize=256)

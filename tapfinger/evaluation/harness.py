@@ -57,7 +57,7 @@ def _run_job(job: tuple[Scenario, str, int, dict]) -> tuple[str, EpisodeMetrics,
     from agents.registry import make_policy
     from tapfinger.evaluation.bounds import lower_bound
     from tapfinger.sim.engine import Engine
-    from tapfinger.evaluation.rollout import run_episode
+    from envs.episode import run_episode
 
     scenario, name, seed, options = job
     key = (name, scenario.name, repr(sorted(options.items())))

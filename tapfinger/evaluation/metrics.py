@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from tapfinger.evaluation.rollout import EpisodeResult
+from envs.episode import EpisodeResult
 
 
 @dataclass

@@ -9,7 +9,7 @@ Every task chooses exactly one option (node, start slot, allocation):
   d(type, allocation) slots, counted with the engine's own float arithmetic
   (`tapfinger.evaluation.bounds.slot_table`), and holds its resources in slots start .. start + d - 1;
 * in every slot, the tasks running on a node fit its capacity in every resource, and a cluster
-  runs at most `max_running` tasks (the engine's cap, see `build_static_tables`).
+  runs at most `max_running` tasks (the engine's cap, see `tapfinger.sim.tables`).
 
 The objective is the sum of JCT = start - arrival + d, which is exactly the engine's count of
 slot ends in the system.
@@ -45,8 +45,9 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_matrix, csr_matrix
 
-from tapfinger.evaluation.bounds import NEVER, alloc_range, lower_bound, slot_table, static_tables
-from tapfinger.sim.engine import Engine, StaticTables
+from tapfinger.evaluation.bounds import NEVER, alloc_range, lower_bound, slot_table
+from tapfinger.sim.engine import Engine
+from tapfinger.sim.tables import StaticTables, static_tables
 from tapfinger.sim.scenario import Cluster, Scenario, load_scenario
 from tapfinger.sim.workload import Workload, make_workload
 
