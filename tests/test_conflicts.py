@@ -128,7 +128,8 @@ def test_planner_resolves_a_real_conflict_by_the_prior_over_free_resources():
     import torch
 
     from agents.learned.model import ModelConfig, TapFingerNet
-    from agents.learned.policy import ActingOptions, Planner
+    from agents.learned.acting import ActingOptions
+    from agents.learned.policy import Planner
     from envs.observations import build_observations
     from tests.helpers import engine_with
 

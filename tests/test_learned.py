@@ -13,7 +13,8 @@ from agents.learned.checkpoint import CheckpointError, load_checkpoint, save_che
 from agents.learned.collect import play_episode
 from agents.learned.conflicts import fit_count, resolve
 from agents.learned.model import ModelConfig, TapFingerNet
-from agents.learned.policy import ActingOptions, Planner
+from agents.learned.acting import ActingOptions
+from agents.learned.policy import Planner
 from agents.learned.ppo import PPOConfig, build_samples, evaluate_samples
 from agents.learned.train import TrainConfig, Trainer
 from tests.helpers import small

@@ -173,7 +173,8 @@ def busy(name, tasks, **changes):
 
 def make_planner(sc, max_sequence=4):
     from agents.learned.model import ModelConfig, TapFingerNet
-    from agents.learned.policy import ActingOptions, Planner
+    from agents.learned.acting import ActingOptions
+    from agents.learned.policy import Planner
 
     torch.manual_seed(0)
     net = TapFingerNet(ModelConfig.for_scenario(sc, hidden=32)).eval()

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from agents.learned.model import ModelConfig, TapFingerNet
-from agents.learned.policy import ActingOptions, AgentDecision, Planner, RoundRecord, Step
+from agents.learned.acting import ActingOptions
+from agents.learned.policy import AgentDecision, Planner, RoundRecord, Step
 from envs.observations import build_observations
 from tapfinger.sim.engine import Engine
 from tapfinger.sim.scenario import Scenario

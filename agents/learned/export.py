@@ -401,7 +401,8 @@ def write_onnx(program: torch.export.ExportedProgram, out: Path, meta: dict) -> 
 def sample_rounds(scenario: Scenario, net: TapFingerNet, acting: dict, seed: int = 0, max_rounds: int = 40
                   ) -> list[dict[str, np.ndarray]]:
     """Observations of rounds (with deciding agents) of one greedy episode of the eager policy."""
-    from agents.learned.policy import ActingOptions, Planner
+    from agents.learned.acting import ActingOptions
+    from agents.learned.policy import Planner
     from envs.observations import build_observations
     from tapfinger.sim.engine import Engine
 

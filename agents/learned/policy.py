@@ -20,6 +20,7 @@ import torch
 
 from agents.base import Policy
 from envs.actions import RoundActions
+from agents.learned.acting import ActingOptions
 from agents.learned.actor import decide
 from agents.learned.batch import collate, round_arrays
 from agents.learned.conflicts import fit_count, resolve
@@ -56,14 +57,6 @@ class AgentDecision:
 class RoundRecord:
     arrays: dict[str, np.ndarray]
     decisions: list[AgentDecision] = field(default_factory=list)
-
-
-@dataclass
-class ActingOptions:
-    multi_task: bool = False
-    max_sequence: int = 4
-    bayes: bool = True
-    pointer: bool = True
 
 
 class Planner:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from agents.learned.checkpoint import CheckpointError, load_checkpoint, read_payload, save_checkpoint
 from agents.learned.collect import Collector
 from agents.learned.model import ModelConfig, TapFingerNet
-from agents.learned.policy import ActingOptions
+from agents.learned.acting import ActingOptions
 from agents.learned.ppo import PPOConfig, build_samples, imitation_update, ppo_update
 from tapfinger.sim.scenario import Scenario
 
