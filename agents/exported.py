@@ -259,6 +259,7 @@ class ExportedPolicy(Policy):
     may be overridden. The pointer ablation is part of the exported program and cannot."""
 
     name = "exported"
+    learned = True
 
     def __init__(self, scenario: Scenario, seed: int = 0, path: str | Path | None = None, kind: str = "onnx",
                  threads: int | None = None, **overrides):

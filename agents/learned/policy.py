@@ -171,6 +171,7 @@ class LearnedPolicy(Policy):
     """The trained TapFinger policy, loaded from a checkpoint (greedy actions by default)."""
 
     name = "tapfinger"
+    learned = True
 
     def __init__(self, scenario: Scenario, seed: int = 0, checkpoint: str | None = None,
                  deterministic: bool = True, device: str = "cpu", options: ActingOptions | None = None,
