@@ -1,8 +1,15 @@
-"""Policies by name. Each entry is imported lazily so that a heuristic run never imports torch."""
+"""Policies by name. Each entry is imported lazily so that a heuristic run never imports torch.
+
+A name resolves to its class (`policy_class`); what the class says about itself (`learned`,
+whether its constructor takes a `checkpoint`) decides how an evaluation treats it, never the
+spelling of the name. `onnx:FILE` / `pt2:FILE` name an exported policy file (`tapfinger export`).
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
+from pathlib import Path
 
 from agents.base import Policy
 from tapfinger.sim.scenario import Scenario
@@ -26,56 +33,81 @@ POLICIES: dict[str, str | tuple[str, dict]] = {
     "tapfinger-no-bayes": ("agents.learned.policy:LearnedPolicy", {"bayes": False}),
     "tapfinger-single": ("agents.learned.policy:LearnedPolicy", {"multi_task": False}),
     "tapfinger-multi": ("agents.learned.policy:LearnedPolicy", {"multi_task": True}),
-    "tapfinger-mlp": "agents.learned.policy:LearnedPolicy",  # its own checkpoint: <scenario>-mlp.pt
+    "tapfinger-mlp": "agents.learned.policy:LearnedPolicy",  # its own checkpoint: see CHECKPOINT_NAMES
 }
+
+# Policies trained separately from the scenario's main checkpoint: name -> shipped file stem suffix.
+CHECKPOINT_NAMES = {"tapfinger-mlp": "-mlp"}  # the no-graph ablation: checkpoints/<scenario>-mlp.pt
+
+EXPORTED_KINDS = ("onnx", "pt2")
+EXPORTED_CLASS = "agents.exported:ExportedPolicy"
+
+# What the demo compares, strongest first; names not (yet) registered are skipped.
+DEMO_HEURISTICS = ["greedy", "optimus", "tiresias", "sjf", "fifo", "drf", "min", "random"]
 
 
 def policy_names() -> list[str]:
     return list(POLICIES)
 
 
-def make_policy(name: str, scenario: Scenario, seed: int = 0, **kwargs) -> Policy:
-    if name.startswith(("onnx:", "pt2:")):  # an exported policy file (`tapfinger export`)
-        from agents.exported import ExportedPolicy
+def exported_file(name: str) -> tuple[str, str] | None:
+    """(kind, path) of an `onnx:FILE` / `pt2:FILE` name, else None."""
+    kind, sep, path = name.partition(":")
+    return (kind, path) if sep and kind in EXPORTED_KINDS else None
 
-        kind, path = name.split(":", 1)
-        return ExportedPolicy(scenario, seed=seed, path=path, kind=kind, **kwargs)
+
+def _entry(name: str) -> tuple[str, dict]:
+    """("module:Class", constructor presets) of a name."""
+    exported = exported_file(name)
+    if exported:
+        return EXPORTED_CLASS, {"kind": exported[0], "path": exported[1]}
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}. Fix: use one of {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policy {name!r}. Fix: use one of {', '.join(POLICIES)} "
+                         f"(or onnx:FILE / pt2:FILE for an exported policy)")
     entry = POLICIES[name]
-    target, preset = (entry, {}) if isinstance(entry, str) else entry
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)(scenario, seed=seed, **{**preset, **kwargs})
+    return (entry, {}) if isinstance(entry, str) else entry
 
 
-# What the demo compares, strongest first; names not (yet) registered are skipped.
-DEMO_HEURISTICS = ["greedy", "optimus", "tiresias", "sjf", "fifo", "drf", "min", "random"]
+def policy_class(name: str) -> type[Policy]:
+    """The class a policy name builds (imports its module; nothing is constructed)."""
+    module, cls = _entry(name)[0].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
-def shipped_checkpoint(scenario_name: str):
+def make_policy(name: str, scenario: Scenario, seed: int = 0, **kwargs) -> Policy:
+    return policy_class(name)(scenario, seed=seed, **{**_entry(name)[1], **kwargs})
+
+
+def takes_checkpoint(cls: type[Policy]) -> bool:
+    """A policy built from a training checkpoint: its constructor has a `checkpoint` option."""
+    return "checkpoint" in inspect.signature(cls).parameters
+
+
+def shipped_checkpoint(scenario_name: str) -> Path | None:
     """The checkpoint shipped in `checkpoints/` for a scenario, or None."""
-    from pathlib import Path
-
     path = Path(__file__).resolve().parent.parent / "checkpoints" / f"{scenario_name}.pt"
     return path if path.is_file() else None
 
 
 def policy_options(name: str, scenario: Scenario, checkpoint: str | None = None) -> dict:
-    """Constructor options of a policy for an evaluation (learned policies need a checkpoint)."""
-    if name == "tapfinger-mlp":  # the no-graph ablation is a separately trained network
-        path = shipped_checkpoint(f"{scenario.name}-mlp")
+    """Constructor options of a policy for an evaluation (a policy built from a checkpoint gets
+    `--checkpoint`, or the one shipped for the scenario)."""
+    if not takes_checkpoint(policy_class(name)):
+        return {}
+    if name in CHECKPOINT_NAMES:  # trained separately: never the main --checkpoint
+        stem = f"{scenario.name}{CHECKPOINT_NAMES[name]}"
+        path = shipped_checkpoint(stem)
         if path is None:
-            raise ValueError(f"no no-graph (MLP) checkpoint ships for scenario {scenario.name!r}. Fix: train one "
-                             f"with `tapfinger train --encoder mlp` and save it as checkpoints/{scenario.name}-mlp.pt.")
+            raise ValueError(f"no checkpoint {stem}.pt ships for policy {name!r} on scenario {scenario.name!r}. "
+                             f"Fix: train one (`tapfinger train --encoder mlp` for tapfinger-mlp) and save it as "
+                             f"checkpoints/{stem}.pt.")
         return {"checkpoint": str(path)}
-    if name.startswith("tapfinger"):
-        path = checkpoint or shipped_checkpoint(scenario.name)
-        if path is None:
-            raise ValueError(f"no checkpoint for policy {name!r} on scenario {scenario.name!r}. Fix: pass "
-                             f"--checkpoint PATH (from `tapfinger train`), or use a scenario with a shipped "
-                             f"checkpoint in checkpoints/.")
-        return {"checkpoint": str(path)}
-    return {}
+    path = checkpoint or shipped_checkpoint(scenario.name)
+    if path is None:
+        raise ValueError(f"no checkpoint for policy {name!r} on scenario {scenario.name!r}. Fix: pass "
+                         f"--checkpoint PATH (from `tapfinger train`), or use a scenario with a shipped "
+                         f"checkpoint in checkpoints/.")
+    return {"checkpoint": str(path)}
 
 
 def demo_policies(scenario_name: str) -> list[str]:

@@ -1,31 +1,57 @@
-"""Environments. `make("tapfinger/edge-cluster-v0", scenario=...)` builds the edge-cluster env."""
+"""Environments, registered in PettingZoo's own registry on import:
+
+    import envs, pettingzoo
+    pettingzoo.make("parallel", "tapfinger/edge-cluster-v0", scenario="hetero-6")  # ParallelEnv
+    pettingzoo.make("aec", "tapfinger/edge-cluster-v0", scenario="hetero-6")       # AECEnv
+
+`envs.make(ENV_ID, ...)` is the parallel one, with unknown ids reported as a ValueError.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+
+import pettingzoo
+from pettingzoo.env_registry.exceptions import FailedToImport, PettingZooRegistryError
+from pettingzoo.utils.conversions import parallel_to_aec
 
 from envs.edge_cluster import ENV_ID, EdgeClusterEnv
 
-_REGISTRY: dict[str, Callable[..., Any]] = {ENV_ID: EdgeClusterEnv}
+# PettingZoo's module convention: `parallel_env()` and `env()` (the AEC view of the same env).
+ENTRY_POINTS = {"parallel": "envs:parallel_env", "aec": "envs:env"}
 
 
-def register(env_id: str, factory: Callable[..., Any]) -> None:
-    if env_id in _REGISTRY:
-        raise ValueError(f"environment id {env_id!r} is already registered")
-    _REGISTRY[env_id] = factory
-
-
-def make(env_id: str = ENV_ID, **kwargs: Any):
-    """Build a registered environment, e.g. make("tapfinger/edge-cluster-v0", scenario="hetero-6")."""
-    try:
-        factory = _REGISTRY[env_id]
-    except KeyError:
-        raise ValueError(f"unknown environment id {env_id!r}; registered: {sorted(_REGISTRY)}") from None
-    return factory(**kwargs)
-
-
-def parallel_env(scenario: str = "edge-default", **kwargs: Any) -> EdgeClusterEnv:
+def parallel_env(scenario: Any = "edge-default", **kwargs: Any) -> EdgeClusterEnv:
+    """The edge-cluster ParallelEnv (`scenario`: a built-in name, a TOML path or a Scenario)."""
     return EdgeClusterEnv(scenario, **kwargs)
 
 
-__all__ = ["ENV_ID", "EdgeClusterEnv", "make", "parallel_env", "register"]
+def env(scenario: Any = "edge-default", **kwargs: Any) -> pettingzoo.AECEnv:
+    """The edge-cluster env as an AECEnv: the agents act one after another within a round."""
+    return parallel_to_aec(parallel_env(scenario, **kwargs))
+
+
+def _register() -> None:
+    # Importing twice (a reload) finds the same entry points registered and registers nothing, so
+    # PettingZoo's "Overriding environment" warning is kept for real overrides.
+    for kind, entry_point in ENTRY_POINTS.items():
+        registry = pettingzoo.aec_registry if kind == "aec" else pettingzoo.parallel_registry
+        spec = registry.get(ENV_ID)
+        if spec is None or spec.entry_point != entry_point:
+            pettingzoo.register(kind, ENV_ID, entry_point=entry_point)
+
+
+def make(env_id: str = ENV_ID, **kwargs: Any) -> pettingzoo.ParallelEnv:
+    """`pettingzoo.make("parallel", env_id, **kwargs)`, with an unknown id as a ValueError."""
+    try:
+        return pettingzoo.make("parallel", env_id, **kwargs)
+    except FailedToImport:
+        raise  # a registered id whose module failed to import: not an unknown id
+    except PettingZooRegistryError as exc:  # not found, or malformed
+        raise ValueError(f"unknown environment id {env_id!r} ({type(exc).__name__}). Fix: use {ENV_ID!r}, the "
+                         f"environment this package registers") from None
+
+
+_register()
+
+__all__ = ["ENV_ID", "EdgeClusterEnv", "env", "make", "parallel_env"]

@@ -20,7 +20,7 @@ Keys (W = window size, M = max running tasks, Nn = max nodes per cluster, R = re
 | window_deadline | (W,) | slots left to the deadline, -1 = none |
 | running_id, running_type, running_node | (M,) | -1 = empty; running_node is the local node index |
 | running_alloc | (M, R) | current allocation |
-| running_progress, running_attained | (M,) | progress in [0, 1); GPU-slots received so far |
+| running_progress | (M,) | progress in [0, 1) |
 | running_age, running_start | (M,) | slots since arrival; slot it started |
 | task_mask | (W+1,) | 1 = allowed; index 0 = do nothing, i = window place i-1 |
 | node_mask | (W, Nn) | 1 = the task's minimum fits on that node |
@@ -73,7 +73,6 @@ def observation_space(engine: Engine) -> spaces.Dict:
         "running_node": ints(-1, Nn - 1, (M,)),
         "running_alloc": ints(0, grid, (M, R)),
         "running_progress": floats(0.0, 1.0, (M,)),
-        "running_attained": floats(0.0, np.inf, (M,)),
         "running_age": ints(0, BIG, (M,)),
         "running_start": ints(-1, BIG, (M,)),
         "task_mask": ints(0, 1, (W + 1,)),
@@ -124,7 +123,6 @@ def build_observations(engine: Engine) -> dict[str, np.ndarray]:
         "running_node": np.where(r_live, r_node_local, -1),
         "running_alloc": np.where(r_live[..., None], e.alloc[run], 0),
         "running_progress": np.where(r_live, np.minimum(e.progress[run], 1.0), 0.0).astype(np.float32),
-        "running_attained": np.where(r_live, e.attained[run], 0.0).astype(np.float32),
         "running_age": np.where(r_live, e.age[run], 0),
         "running_start": np.where(r_live, e.start[run], -1),
         "task_mask": np.concatenate([np.ones((N, 1), dtype=np.int64), task_ok.astype(np.int64)], axis=1),

@@ -32,8 +32,7 @@ from agents.learned.checkpoint import save_checkpoint
 from agents.learned.export import export_files
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.policy import LearnedPolicy
-from envs.observations import build_observations
-from tapfinger.sim.engine import Engine
+from envs.episode import RoundInfo, run_episode
 from tapfinger.sim.scenario import Cluster, Scenario, load_scenario
 
 LARGE_CLUSTERS = 64
@@ -58,18 +57,24 @@ def pending_count(obs: dict[str, np.ndarray]) -> int:
     return int(np.unique(ids[ids >= 0]).size)
 
 
+class _Enough(Exception):
+    """Raised from `on_round` to end the recording episode once enough rounds are recorded."""
+
+
 def record_rounds(sc: Scenario, policy, count: int, min_pending: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Observations of `count` rounds in which some agent decides, once `min_pending` tasks wait."""
-    eng = Engine(sc)
-    eng.reset(seed)
-    policy.reset(seed)
     out = []
-    while not eng.done and len(out) < count:
-        obs = build_observations(eng)
-        if obs["task_mask"][:, 1:].any() and pending_count(obs) >= min_pending:
-            out.append(obs)
-        a = policy.act(obs)
-        eng.play_round(a.task, a.node, a.alloc)
+
+    def on_round(info: RoundInfo) -> None:
+        if info.obs["task_mask"][:, 1:].any() and pending_count(info.obs) >= min_pending:
+            out.append(info.obs)
+        if len(out) >= count:
+            raise _Enough  # the one episode loop has no stop condition of its own
+
+    try:
+        run_episode(sc, policy, seed, on_round=on_round)
+    except _Enough:
+        pass
     if len(out) < count:
         print(f"  note: the episode ended after {len(out)} recorded rounds (asked {count})")
     return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import math
 import os
 import sys
 import time
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from multiprocessing import Pool
 
 import numpy as np
+
+from tapfinger.evaluation.metrics import mean_ci
 
 # name -> policy -> (mean, low, high): DESIGN.md, "Avg JCT (slots) of the paper's baselines".
 REFERENCE: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -90,18 +91,6 @@ def run_job(job: Job) -> tuple[Job, float, float, bool]:
     t0 = time.perf_counter()
     res = run_episode(scen, policy, job.seed, engine=engine)
     return job, res.avg_jct, time.perf_counter() - t0, res.truncated
-
-
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and Student-t 95% confidence interval."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - half, m + half
 
 
 def fmt(value: float) -> str:

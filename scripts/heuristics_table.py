@@ -15,11 +15,11 @@ import sys
 from multiprocessing import Pool
 
 import numpy as np
-from scipy import stats
 from tqdm import tqdm
 
 from agents.registry import make_policy, policy_names
 from envs.episode import run_episode
+from tapfinger.evaluation.metrics import mean_ci
 from tapfinger.sim.scenario import load_scenario
 
 
@@ -31,12 +31,10 @@ def run_one(job: tuple[str, str, int]) -> tuple[str, int, float, bool]:
     return policy_name, seed, result.avg_jct, result.truncated
 
 
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of its `level` confidence interval (0 for a single value)."""
-    if len(values) < 2:
-        return float(values.mean()), 0.0
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(half)
+def mean_half_width(values: np.ndarray) -> tuple[float, float]:
+    """Mean and half-width of its 95% confidence interval (`metrics.mean_ci`; 0 for one value)."""
+    m, _, hi = mean_ci(values)
+    return m, hi - m
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.scenario}: average JCT (slots) over seeds {seeds[0]}..{seeds[-1]}, mean ± 95% CI")
     first = args.policies[0]
     for p in args.policies:
-        m, h = mean_ci(jct[p])
+        m, h = mean_half_width(jct[p])
         line = f"  {p:<10} {m:8.3f} ± {h:.3f}"
         if p != first:
-            dm, dh = mean_ci(jct[p] - jct[first])
+            dm, dh = mean_half_width(jct[p] - jct[first])
             line += f"   paired diff vs {first}: {dm:+.3f} ± {dh:.3f}"
         print(line)
     if truncated:

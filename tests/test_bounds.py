@@ -16,8 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.heuristics.estimates import SpeedModel
 from agents.registry import make_policy
-from tapfinger.evaluation.bounds import best_slots_per_node, lower_bound, slot_table
+from tapfinger.evaluation.bounds import best_slots_per_node, lower_bound
+from tapfinger.sim.progress import NEVER, finished, progress_step, slots_to_finish
+from tapfinger.sim.speed import slot_table
 from tapfinger.sim.tables import static_tables
 from tapfinger.sim.engine import Engine
 from tapfinger.evaluation.optimal import small_scenario
@@ -127,6 +130,34 @@ def test_bound_is_tight_for_a_task_alone_in_the_engine():
         assert res.records["jct"].tolist() == [expect] == lower_bound(sc, wl)[0].tolist(), (t, vis, work)
 
 
+def test_the_heuristics_count_what_the_engine_counts_at_the_finish_threshold():
+    # IMG at work 1.5 makes 0.25 / 1.5 per slot; six float additions give 1 - 1e-16, which the
+    # engine finishes (p >= 1 - FINISH_EPS). The bound, the heuristics' speed model (its slot
+    # counts, remaining times and efficient options) and the engine must all say 6.
+    sc = two_clusters()
+    model = SpeedModel(sc)
+    alloc = np.array([2, 1])
+    assert slot_table(sc, 1.5)[0, 2, 1] == model.slots_for(0, alloc, 1.5) == model.remaining(0, alloc, 0.0, 1.5) == 6
+    assert model.options_for(0, 1.5)[0].slots == 6
+    wl = make(sc, [(0, "IMG", [0], 1.5)])
+    res = run_episode(sc, make_policy("greedy", sc), 0, engine=FixedWorkloadEngine(sc, wl))
+    assert res.records["jct"].tolist() == [6]
+
+
+def test_scalar_and_array_progress_counts_agree_to_the_bit():
+    rng = np.random.default_rng(7)
+    w, b = rng.uniform(0, 1.2, 300), rng.uniform(0, 0.3, 300)
+    b[:20] = 0.0
+    w[:10] = 0.0  # ten cells that never progress
+    work, p = rng.uniform(0.25, 4.0, 300), rng.uniform(0, 1, 300)
+    step = progress_step(w, b, p, work)
+    assert [float(x) for x in step] == [progress_step(*map(float, args)) for args in zip(w, b, p, work)]
+    counts = slots_to_finish(w, b, work, p)
+    assert counts.tolist() == [slots_to_finish(*map(float, args)) for args in zip(w, b, work, p)]
+    assert (counts[:10] == NEVER).all() and (counts[10:] < 100).all()
+    assert slots_to_finish(0.5, 0.1, progress=1.0) == 0 and finished(1.0 - 1e-10) and not finished(1.0 - 1e-8)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(clusters=st.integers(2, 3), scenario_seed=st.integers(0, 1000), tasks=st.integers(2, 7),
        data=st.data())
@@ -164,3 +195,20 @@ def test_greedy_on_philly_edge_never_beats_a_task_bound():
         small, big = rows[np.argmin(work[rows])], rows[np.argmax(work[rows])]
         if work[big] >= 2 * work[small]:
             assert bound[big] > bound[small]
+
+
+def test_cached_tables_are_read_only():
+    # slot_table and static_tables are cached and shared by every caller: a write must fail
+    # rather than corrupt them for everyone else.
+    sc = load_scenario("synthetic-3")
+    table = slot_table(sc)
+    before = int(table[0, 2, 1])
+    with pytest.raises(ValueError):
+        table[0, 2, 1] = 1
+    assert slot_table(sc)[0, 2, 1] == before == 4
+    st = static_tables(sc)
+    with pytest.raises(ValueError):
+        st.node_capacity[0, 0] = 0
+    with pytest.raises(ValueError):
+        best_slots_per_node(sc)[0, 0] = 0
+    assert static_tables(sc).node_capacity[0].tolist() == [16, 16]

@@ -206,3 +206,68 @@ def test_shipped_checkpoint_reproduces_its_stored_evaluation(path):
         torch.set_num_threads(threads)
     assert not result.truncated and result.invalid_actions == 0
     assert np.isfinite(stored) and result.avg_jct == pytest.approx(stored, rel=0, abs=1e-9), (seed, result.avg_jct)
+
+
+# ------------------------------------------------------------------------------ saving and safe loading
+
+
+def test_checkpoint_saved_into_a_folder_that_does_not_exist_yet(synthetic_checkpoint, tmp_path):
+    from agents.learned.checkpoint import load_checkpoint, save_checkpoint
+
+    sc, path = synthetic_checkpoint
+    net = load_checkpoint(path, sc).net
+    target = tmp_path / "runs" / "new" / "deeper" / "checkpoint.pt"
+    assert not target.parent.parent.exists()
+    assert save_checkpoint(target, net=net, scenario=sc, acting={"k": 1}, step=7) == target
+    loaded = load_checkpoint(target, sc)
+    assert loaded.step == 7 and loaded.acting == {"k": 1}
+
+
+def _write_marker(path: str) -> str:
+    """What unpickling the crafted payload would run: it leaves a file behind."""
+    Path(path).write_text("code from the checkpoint ran")
+    return "pwned"
+
+
+class _Planted:
+    """An object of an arbitrary class whose unpickling calls `_write_marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_write_marker, (self.marker,))
+
+
+def test_checkpoint_with_a_pickled_arbitrary_object_is_refused_without_running_it(tmp_path):
+    import torch
+
+    from agents.learned.checkpoint import FORMAT, CheckpointError, load_checkpoint, read_payload
+
+    marker = tmp_path / "marker.txt"
+    crafted = tmp_path / "crafted.pt"
+    # otherwise a well-formed payload: only the planted object makes it unsafe
+    torch.save({"format": FORMAT, "scenario": "synthetic-3", "step": 1, "acting": {}, "extra": _Planted(marker)},
+               crafted)
+    assert not marker.exists()  # saving ran nothing
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        read_payload(crafted)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(crafted, load_scenario("synthetic-3"))
+    assert not marker.exists()
+
+
+def test_refusal_for_another_model_configuration_names_only_the_differing_field(synthetic_checkpoint):
+    from agents.learned.checkpoint import CheckpointError, load_checkpoint
+    from agents.learned.model import ModelConfig
+
+    sc, path = synthetic_checkpoint  # hidden=16, layers=1
+    asked = ModelConfig.for_scenario(sc, hidden=32, layers=1)
+    with pytest.raises(CheckpointError, match="another model configuration") as err:
+        load_checkpoint(path, sc, expect_config=asked)
+    text = str(err.value)
+    assert "'hidden': (16, 32)" in text
+    for same in ("layers", "heads", "window", "num_types", "encoder"):
+        assert f"'{same}'" not in text, same
+    assert load_checkpoint(path, sc, expect_config=ModelConfig.for_scenario(sc, hidden=16, layers=1)).step == 1

@@ -266,3 +266,92 @@ def test_switch_penalty_applies_only_at_the_slot_end_where_the_allocation_change
     assert switches == 2
     assert eng.task_records()["switches"].tolist() == [2, 0]
     assert eng.node_free[0].tolist() == [16 - 2 - 2, 16 - 1 - 1]
+
+
+# ----------------------------------------------------------------------------- round counts, realloc rows, records
+
+
+def test_rounds_total_counts_every_round_played_and_run_episode_reports_them():
+    eng = engine_with("synthetic-3", [(0, "IMG", [0]), (0, "IMG", [0])])
+    start(eng, {0: (0, 0, [2, 1])})  # round 1 (a start)
+    start(eng, {0: (1, 0, [2, 1])})  # round 2 (a start)
+    end_slot(eng)  # round 3 ends slot 0
+    end_slot(eng)  # round 4 ends slot 1
+    assert eng.rounds_total == 4 and eng.slot == 2
+
+    from agents.registry import make_policy
+    from envs.episode import run_episode
+    from tests.helpers import workload
+
+    sc = eng.scenario
+    seen = {"rounds": 0, "slot_ends": 0}
+
+    def on_round(info):
+        seen["rounds"] += 1
+        seen["slot_ends"] += bool(info.slot_ended)
+
+    wl = workload(sc, [(0, "IMG", [0]), (0, "LM", [0, 1]), (1, "IMG", [2])])
+    res = run_episode(sc, make_policy("fifo", sc), seed=0, workload=wl, on_round=on_round)
+    assert seen["rounds"] > seen["slot_ends"] > 0  # some rounds started tasks, some ended slots
+    assert res.rounds == seen["rounds"]
+    assert res.decisions == seen["rounds"] * sc.num_clusters
+    assert res.slots == seen["slot_ends"]
+
+
+def test_all_minus_one_realloc_is_no_action_even_without_preemption():
+    eng = engine_with("synthetic-3", [(0, "IMG", [0])], strict=False, allow_preemption=False)
+    keep = np.full((eng.N, eng.M, eng.R), -1, dtype=np.int64)  # nobody re-allocates
+    assert start(eng, {0: (0, 0, [2, 1])}, realloc=keep) is False
+    assert eng.invalid_actions.tolist() == [0, 0, 0]
+    assert eng.status[0] == RUNNING and eng.alloc[0].tolist() == [2, 1]
+    end_slot(eng)  # slot 0 ends (no realloc array at all)
+    assert eng.play_round(np.full(eng.N, -1), np.zeros(eng.N, dtype=np.int64),
+                          np.zeros((eng.N, eng.R), dtype=np.int64), keep) is True
+    assert eng.invalid_actions.sum() == 0
+
+
+def test_realloc_row_of_a_running_task_is_applied():
+    # synthetic-3 (preemption allowed): cluster 0 runs one LM in running place 0; the other places
+    # are empty (-1 rows), cluster 0's place-0 row gives every resource.
+    eng = engine_with("synthetic-3", [(0, "LM", [0])])
+    start(eng, {0: (0, 0, [2, 4])})
+    assert eng.M > 1
+    realloc = np.full((eng.N, eng.M, eng.R), -1, dtype=np.int64)
+    realloc[0, 0] = [3, 9]
+    assert eng.play_round(np.full(eng.N, -1), np.zeros(eng.N, dtype=np.int64),
+                          np.zeros((eng.N, eng.R), dtype=np.int64), realloc) is True
+    assert eng.alloc[0].tolist() == [3, 9] and eng.node_free[0].tolist() == [13, 7]
+
+
+def test_realloc_applied_when_the_row_has_no_keep_entries_at_all():
+    # Every node (2 CPU, 2 GPU) holds one task of minimum (2, 1), so each cluster has a single
+    # running place: a re-allocation row of a running task has no -1 anywhere.
+    import dataclasses
+
+    from tapfinger.sim.scenario import Cluster, load_scenario
+    from tapfinger.sim.engine import Engine
+    from tests.helpers import workload
+
+    sc = dataclasses.replace(load_scenario("synthetic-3"),
+                             clusters=(Cluster("a", ((2, 2),)), Cluster("b", ((2, 2),))))
+    eng = Engine(sc, strict=True)
+    eng.reset(0, workload=workload(sc, [(0, "LM", [0])]))
+    assert eng.M == 1
+    start(eng, {0: (0, 0, [2, 1])})
+    realloc = np.full((eng.N, eng.M, eng.R), -1, dtype=np.int64)
+    realloc[0, 0] = [2, 2]
+    assert start(eng, {}, realloc=realloc) is True
+    assert eng.alloc[0].tolist() == [2, 2] and eng.node_free[0].tolist() == [0, 0]
+    assert eng.invalid_actions.sum() == 0
+
+
+def test_task_records_have_one_row_per_task():
+    eng = engine_with("synthetic-3", [(0, "IMG", [0]), (0, "LM", [1]), (2, "IMG", [0, 2])])
+    start(eng, {0: (0, 0, [2, 1]), 1: (0, 0, [2, 16])})
+    end_slot(eng)
+    rec = eng.task_records()
+    assert set(rec) >= {"task", "type", "arrival", "start", "finish", "cluster", "node", "alloc", "jct",
+                        "switches", "deadline"}
+    for name, col in rec.items():
+        assert col.shape[0] == 3, name
+    assert rec["alloc"].tolist() == [[2, 1], [2, 16], [0, 0]]

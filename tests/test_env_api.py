@@ -133,6 +133,27 @@ def test_make_by_id_and_render():
         make("tapfinger/nope-v0")
 
 
+def test_registered_in_pettingzoos_registry_as_parallel_and_aec():
+    import importlib
+
+    import pettingzoo
+
+    import envs
+
+    par = pettingzoo.make("parallel", ENV_ID, scenario="hetero-6")
+    assert isinstance(par, EdgeClusterEnv) and isinstance(par, pettingzoo.ParallelEnv)
+    aec = pettingzoo.make("aec", ENV_ID, scenario="hetero-6")
+    assert isinstance(aec, pettingzoo.AECEnv)
+    aec.reset(seed=0)
+    assert aec.possible_agents == par.possible_agents and aec.agent_selection == "cluster_0"
+    aec.step(random_feasible_env_action(aec.observe("cluster_0"), np.random.default_rng(0)))
+    assert aec.agent_selection == "cluster_1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # importing again must not "override" our own registration
+        importlib.reload(envs)
+    assert len(pettingzoo.make("parallel", ENV_ID, scenario="synthetic-3").possible_agents) == 3
+
+
 def test_state_has_declared_shape():
     env = EdgeClusterEnv("edge-default")
     env.reset(seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -129,3 +130,45 @@ def test_cli_tapfinger_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["evaluate", "--scenario", "synthetic-6", "--policies", "tapfinger", "--out", str(tmp_path),
                  "--quiet"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_policies_are_cached_per_scenario_not_per_name():
+    # Two scenarios with one name but other windows and nodes, evaluated in one process: each
+    # gets its own policies (a policy built for one must never serve the other).
+    a = small("hetero-6", tasks=30)
+    clusters = tuple(dataclasses.replace(c, nodes=c.nodes + c.nodes) for c in a.clusters)
+    b = dataclasses.replace(a, window_size=a.window_size - 4, clusters=clusters)
+    assert a.name == b.name and a != b
+    names, seeds = ["greedy", "tiresias"], [3, 4]
+    for sc in (a, b, a):
+        res = run_evaluation(EvalConfig(sc, names, seeds, workers=1, progress=False))
+        for name in names:
+            alone = [run_episode(sc, make_policy(name, sc, seed=s), s).avg_jct for s in seeds]
+            assert res["policies"][name]["avg_jct"]["per_seed"] == pytest.approx(alone, rel=0, abs=0), name
+
+
+def test_serial_evaluation_restores_the_callers_thread_settings(monkeypatch):
+    import os
+
+    import torch
+
+    import envs.episode
+
+    seen = []
+    real = envs.episode.run_episode
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(envs.episode, "run_episode", spy)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        run_evaluation(EvalConfig(small("synthetic-3", tasks=20), ["min"], [1, 2], workers=1, progress=False))
+        assert seen == [1, 1]  # one thread while evaluating ...
+        assert torch.get_num_threads() == 3  # ... and the caller's count afterwards
+        assert "OMP_NUM_THREADS" not in os.environ
+    finally:
+        torch.set_num_threads(before)

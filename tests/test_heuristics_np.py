@@ -15,9 +15,11 @@ from agents.heuristics.estimates import SpeedModel
 from agents.heuristics.greedy import GreedyPolicy
 from agents.registry import make_policy
 from envs.observations import build_observations
-from tapfinger.sim.engine import Engine
+from tapfinger.sim.engine import RUNNING, Engine
 from envs.episode import run_episode
+from tapfinger.sim.progress import NEVER
 from tapfinger.sim.scenario import Cluster, ScenarioError, load_scenario
+from tapfinger.sim.speed import efficient_allocations
 from tests.helpers import end_slot, engine_with, require_shared_data, small, start, workload
 
 NP_POLICIES = ["fifo", "sjf", "drf", "greedy"]
@@ -75,6 +77,21 @@ def test_efficient_allocations_of_the_synthetic_model():
     lm = [(o.slots, o.alloc.tolist()) for o in model.options[1]]
     assert lm[:4] == [(2, [2, 10]), (3, [2, 7]), (4, [2, 5]), (5, [2, 4])]  # CPU above 2 buys nothing
     assert [(o.slots, o.alloc.tolist()) for o in model.options[0]] == [(4, [2, 1])]  # IMG: minimum only
+
+
+def test_efficient_allocations_are_the_non_dominated_cells():
+    # Against brute force on random slot tables with many ties: the cells no other cell beats
+    # in speed with no more cpu and gpu, fastest first, then fewer cpu + gpu, gpu, cpu.
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        slots = rng.integers(1, 6, size=(7, 6))
+        slots[rng.random(slots.shape) < 0.1] = NEVER
+        low, high = (int(rng.integers(0, 3)), int(rng.integers(0, 3))), (6, 5)
+        cells = [(int(slots[c, g]), c, g) for c in range(low[0], 7) for g in range(low[1], 6) if slots[c, g] < NEVER]
+        expect = sorted((s, c, g) for s, c, g in cells
+                        if not any((s2, c2, g2) != (s, c, g) and s2 <= s and c2 <= c and g2 <= g for s2, c2, g2 in cells))
+        expect.sort(key=lambda x: (x[0], x[1] + x[2], x[2], x[1]))
+        assert efficient_allocations(slots, low, high).tolist() == [list(x) for x in expect]
 
 
 # ---------------------------------------------------------------- fifo, sjf, drf
@@ -226,7 +243,7 @@ def _deferral_engine(remaining: int, x_wait: int, x_visible=(0, 1), gpus: int = 
     start(eng, {0: (0, 0, [2, r_gpus])})
     while eng.slot < now:
         end_slot(eng)
-    assert eng.age[1] == x_wait and eng.age[2] == 0 and eng.status[0] == 2  # R still runs
+    assert eng.age[1] == x_wait and eng.age[2] == 0 and eng.status[0] == RUNNING  # R still runs
     assert eng.node_free[0].tolist() == [14, 4]
     places = {int(t): p for p, t in enumerate(eng.window[0]) if t < eng.T}
     return eng, places[1], places[2]
@@ -285,3 +302,38 @@ def test_greedy_compares_with_the_elsewhere_run_of_the_tasks_own_work():
     assert _greedy(eng, defer_slack=3).task[0] == -1  # 6 = 3 + 3: planned, Y kept back
     act = _greedy(eng, defer_slack=2)  # 6 > 3 + 2: deferred, Y starts
     assert act.task[0] == y and act.alloc[0].tolist() == [2, 1]
+
+
+def test_greedy_reservation_covers_its_last_slot():
+    # Cluster 0 = (16 CPU, 8 GPU). An IMG R holds 6 GPUs, one slot left; 2 GPUs free now.
+    # X, an LM of work 0.5 waiting longer, finishes in 1 slot on all 8 GPUs (5 slots on the 2 free
+    # now, 2 slots on 6 or 7): its plan waits one slot and reserves all 8 GPUs for slot 1 (the
+    # reservation's first and last slot). Y, a new IMG, needs 1 GPU for 4 slots from now, so it
+    # would hold a GPU in slot 1: it must not start. Without X, Y starts now.
+    sc = dataclasses.replace(load_scenario("synthetic-3"),
+                             clusters=(Cluster("a", ((16, 8),)), Cluster("b", ((16, 16),))))
+
+    def engine(with_x: bool) -> tuple[Engine, int]:
+        tasks = [(0, "IMG", [0])] + ([(2, "LM", [0])] if with_x else []) + [(3, "IMG", [0])]
+        wl = workload(sc, tasks)
+        if with_x:
+            wl = dataclasses.replace(wl, work=np.array([1.0, 0.5, 1.0]))
+        eng = Engine(sc, strict=True)
+        eng.reset(0, workload=wl)
+        start(eng, {0: (0, 0, [2, 6])})
+        while eng.slot < 3:
+            end_slot(eng)
+        assert eng.status[0] == RUNNING and eng.node_free[0].tolist() == [14, 2]
+        places = {int(t): p for p, t in enumerate(eng.window[0]) if t < eng.T}
+        return eng, places[eng.T - 1]
+
+    eng, y = engine(with_x=False)
+    act = _greedy(eng)
+    assert act.task[0] == y and act.alloc[0].tolist() == [2, 1]
+    eng, y = engine(with_x=True)
+    assert _greedy(eng).task[0] == -1
+    # X's plan is what it claims: it starts in the next slot on all 8 GPUs and is done in one
+    end_slot(eng)  # R finishes: all 8 GPUs free
+    act = _greedy(eng)
+    x = int(np.flatnonzero(eng.window[0] == 1)[0])
+    assert act.task[0] == x and act.alloc[0].tolist() == [2, 8]

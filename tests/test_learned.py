@@ -15,7 +15,8 @@ from agents.learned.conflicts import fit_count, resolve
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.acting import ActingOptions
 from agents.learned.policy import Planner
-from agents.learned.ppo import PPOConfig, build_samples, evaluate_samples
+from agents.learned.config import ModelOptions, PPOConfig
+from agents.learned.ppo import build_samples, evaluate_samples
 from agents.learned.train import TrainConfig, Trainer
 from tests.helpers import small
 
@@ -149,8 +150,9 @@ def test_graph_batch_offsets_rows():
 
 
 def tiny_config(run_dir, total, **kw) -> TrainConfig:
-    return TrainConfig(scenario="synthetic-3", run_dir=str(run_dir), envs=1, total_steps=total, hidden=16, layers=1,
-                       imitate="min", imitation_episodes=1, imitation_epochs=1, eval_every=0,
+    return TrainConfig(scenario="synthetic-3", run_dir=str(run_dir), envs=1, total_steps=total,
+                       model=ModelOptions(hidden=16, layers=1), imitate="min", imitation_episodes=1,
+                       imitation_epochs=1, eval_every=0,
                        ppo=PPOConfig(epochs=1, minibatch_rounds=16), **kw)
 
 
@@ -207,10 +209,23 @@ def test_checkpoint_refusals(tmp_path):
         load_checkpoint(tmp_path / "foreign.pt", sc)
 
 
+def test_checkpoint_model_fields_of_other_versions(tmp_path):
+    sc = small("synthetic-3", tasks=12)
+    path = save_checkpoint(tmp_path / "c.pt", net=make_net(sc), scenario=sc, acting={}, step=3)
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["extra"] = {}  # what the shipped checkpoints carry: an empty, dropped field
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt", sc).net.cfg == make_net(sc).cfg
+    payload["model_config"]["extra"] = {"gating": True}  # something this version cannot honour
+    torch.save(payload, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="model options this version does not know"):
+        load_checkpoint(tmp_path / "new.pt", sc)
+
+
 def test_resume_with_other_model_flags_is_refused(tmp_path):
     sc = small("synthetic-3", tasks=12)
     Trainer(tiny_config(tmp_path, 20), sc, progress=False).train(log=lambda *_: None)
-    other = dataclasses.replace(tiny_config(tmp_path, 40), hidden=32)
+    other = dataclasses.replace(tiny_config(tmp_path, 40), model=ModelOptions(hidden=32, layers=1))
     with pytest.raises(CheckpointError, match="another model configuration"):
         Trainer(other, sc, resume=True, progress=False)
 
@@ -221,3 +236,36 @@ def test_cuda_flag_without_cuda_is_a_clear_error(tmp_path):
     sc = small("synthetic-3", tasks=12)
     with pytest.raises(RuntimeError, match="no CUDA device"):
         Trainer(dataclasses.replace(tiny_config(tmp_path, 10), device="cuda"), sc, progress=False)
+
+
+def truncated(tasks=40, max_slots=6):
+    """synthetic-3 cut short: some tasks are still waiting or running when the episode ends."""
+    return small("synthetic-3", tasks=tasks, max_slots=max_slots)
+
+
+def test_collected_episode_measures_as_the_evaluation_does():
+    from agents.registry import make_policy
+    from envs.episode import run_episode
+
+    sc = truncated()
+    planner = Planner(make_net(sc), sc)
+    ep = play_episode(sc, planner, 2, torch.Generator().manual_seed(0), teacher=make_policy("min", sc, seed=2))
+    res = run_episode(sc, make_policy("min", sc, seed=2), 2)  # the teacher acted: the same episode
+    assert res.truncated and res.unfinished > 0
+    assert ep.unfinished == res.unfinished
+    assert np.isfinite(ep.avg_jct) and ep.avg_jct == res.avg_jct  # finished tasks only, never a -1
+    assert ep.num_rounds == res.rounds and len(ep.slot_ended) == len(ep.round_reward) == res.rounds
+    assert all(r is not None for r in ep.rounds) and sum(len(r.decisions) for r in ep.rounds) > 0
+
+
+def test_training_reports_unfinished_tasks(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = dataclasses.replace(tiny_config(tmp_path, 20), eval_every=1, eval_seeds=1, eval_heuristic="min")
+    trainer = Trainer(cfg, truncated(), progress=False)
+    history = trainer.train(log=lambda *_: None)["history"]
+    assert history and all(h["unfinished_tasks"] > 0 and h["eval_unfinished_tasks"] > 0 for h in history)
+    assert all(np.isfinite(h["train_avg_jct"]) and np.isfinite(h["eval_avg_jct"]) for h in history)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert {"charts/unfinished_tasks", "eval/unfinished_tasks"} <= set(acc.Tags()["scalars"])

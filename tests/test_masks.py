@@ -137,8 +137,8 @@ def check_sequence(obs, i, steps, static, max_sequence, stats):
         want = expected_masks(obs, i, static, free, occupied, room, idle)
         got = {key: np.asarray(s.masks[key]).astype(int) for key in MASK_KEYS}
         if k > 0 and idle:
-            # The liveness rule asks an idle cluster for one start; whether "do nothing" is allowed
-            # again after it is the planner's choice (today it is not), not checked here.
+            # The liveness rule asks an idle cluster for one start; that "do nothing" is allowed
+            # again after it is checked in tests/test_acting.py, not here.
             want["task_mask"][0] = got["task_mask"][0]
         for key in MASK_KEYS:
             assert np.array_equal(got[key], want[key].astype(int)), \
@@ -212,7 +212,7 @@ def test_planned_sequences_play_without_re_validation(monkeypatch, max_running):
     `max_running` = 2 the clusters' room for running tasks, not their resources, ends sequences."""
     import dataclasses
 
-    import agents.learned.policy as policy_module
+    import agents.learned.acting as acting_module
     from envs.observations import build_observations
     from tapfinger.sim.engine import Engine
 
@@ -222,7 +222,7 @@ def test_planned_sequences_play_without_re_validation(monkeypatch, max_running):
     if max_running is not None:
         limited = dataclasses.replace(eng.static, max_running=np.full(eng.N, max_running, dtype=np.int64))
         eng.static = planner.static = limited
-    monkeypatch.setattr(policy_module, "step_still_valid", lambda *args: True)
+    monkeypatch.setattr(acting_module, "step_still_valid", lambda *args: True)
     eng.reset(2)
     g = torch.Generator().manual_seed(0)
     stats = {"long": 0, "same_node": 0}

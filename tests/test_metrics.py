@@ -183,3 +183,17 @@ def test_summarise_without_heuristics_has_no_best_and_no_diff():
     cfg = EvalConfig(sc, ["tapfinger"], [0, 1], progress=False)
     res = summarise(cfg, {"tapfinger": {0: metrics(0, 3.0), 1: metrics(1, 4.0)}}, {0: 2.0, 1: 2.0})
     assert res["best_heuristic"] is None and "diff_vs_best" not in res["policies"]["tapfinger"]
+
+
+def test_makespan_counts_a_finish_at_slot_zero():
+    # The only finished task finishes at the end of slot 0: the makespan is one slot, and the
+    # utilisation is over that slot only (cpu 4 of 8 then, 8 of 8 in the later slot).
+    m = episode_metrics(hand_result([1, -1], [0, -1], [[4, 2], [8, 4]]), ("cpu", "gpu"), np.array([8, 4]))
+    assert m.makespan == 1
+    assert m.utilisation == pytest.approx({"cpu": 0.5, "gpu": 0.5})
+
+
+def test_utilisation_of_a_resource_of_capacity_one():
+    # A gpu of capacity 1 busy in both slots is fully used; the cpu (capacity 4) half.
+    m = episode_metrics(hand_result([2], [1], [[2, 1], [2, 1]]), ("cpu", "gpu"), np.array([4, 1]))
+    assert m.utilisation == pytest.approx({"cpu": 0.5, "gpu": 1.0})

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from agents.registry import make_policy, policy_names
-from tapfinger.evaluation.bounds import NEVER, lower_bound, slot_table
+from tapfinger.evaluation.bounds import lower_bound
+from tapfinger.sim.progress import NEVER
+from tapfinger.sim.speed import slot_table
 from tapfinger.sim.tables import static_tables
 from tapfinger.sim.engine import Engine
 from tapfinger.evaluation.optimal import (MAX_TASKS, InstanceTooLargeError, WindowOverflowError, check_schedule, optimal,

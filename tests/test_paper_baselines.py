@@ -89,12 +89,17 @@ def realloc_of(act, eng: Engine, task: int) -> list[int]:
     return act.realloc[0, place].tolist()
 
 
+def set_attained(pol: TiresiasPolicy, gpu_slots: list[float]) -> None:
+    """Give cluster 0's tasks 0, 1, ... these GPU-slots, as if counted over earlier slots."""
+    pol.service.gpu_slots = [{t: v for t, v in enumerate(gpu_slots)}]
+
+
 def test_tiresias_gives_gpus_to_least_attained_service() -> None:
     scen, eng = one_cluster(cpu=16, gpu=4, tasks=4)
     start_all(eng, 4)
-    eng.attained[:4] = [10.0, 0.0, 5.0, 20.0]  # task 1 has the least attained service
     pol = TiresiasPolicy(scen)
     pol.reset(0)
+    set_attained(pol, [10.0, 0.0, 5.0, 20.0])  # task 1 has the least attained service
     act = pol.act(build_observations(eng))
     # task 1 stays the least served after each of the 4 GPUs, and gets all 16 CPUs (grid max)
     assert realloc_of(act, eng, 1) == [16, 4]
@@ -106,9 +111,9 @@ def test_tiresias_gives_gpus_to_least_attained_service() -> None:
 def test_tiresias_splits_cpus_evenly_among_tasks_with_gpus() -> None:
     scen, eng = one_cluster(cpu=16, gpu=3, tasks=3)
     start_all(eng, 3)
-    eng.attained[:3] = 2.0  # equal service: one GPU each, in start order
     pol = TiresiasPolicy(scen)
     pol.reset(0)
+    set_attained(pol, [2.0, 2.0, 2.0])  # equal service: one GPU each, in start order
     act = pol.act(build_observations(eng))
     # ⌊16 / 3⌋ = 5 CPUs each, the remaining one to the earliest-started task
     assert [realloc_of(act, eng, t) for t in range(3)] == [[6, 1], [5, 1], [5, 1]]
@@ -123,14 +128,56 @@ def test_tiresias_high_queue_serves_the_earliest_start_first() -> None:
     for t in (1, 2, 3):  # tasks 1..3 start in slot 1
         eng.play_round(np.array([int(np.flatnonzero(eng.window[0] == t)[0])]), np.array([0]),
                        np.array([[2, 1]]))
-    eng.attained[:4] = [2.0, 1.0, 5.0, 9.0]  # high queue = {task 1 (1), task 0 (2)}
     pol = TiresiasPolicy(scen)
     pol.reset(0)
+    set_attained(pol, [2.0, 1.0, 5.0, 9.0])  # high queue = {task 1 (1), task 0 (2)}
     act = pol.act(build_observations(eng))
     # task 0 stays in the high queue (service 3, 4, 5 ties task 2 but started earlier)
     assert realloc_of(act, eng, 0) == [16, 4]
     for t in (1, 2, 3):
         assert realloc_of(act, eng, t) == [0, 0]
+
+
+class CountingEngine(Engine):
+    """The engine, also counting each task's GPU-slots at every slot end (the reference)."""
+
+    def reset(self, seed, workload=None) -> None:
+        super().reset(seed, workload)
+        self.gpu_slots = np.zeros(self.T + 1)
+
+    def _progress(self, ids: np.ndarray) -> None:
+        self.gpu_slots[ids] += self.alloc[ids, self.static.gpu]
+        super()._progress(ids)
+
+
+@pytest.mark.parametrize("policy", ["tiresias", "tiresias-np"])
+@pytest.mark.parametrize("scenario", scenario_params(["synthetic-3", "edge-default"]))
+def test_tiresias_counts_the_gpu_slots_the_engine_gives(policy: str, scenario: str) -> None:
+    """The attained service Tiresias counts from its observations equals the GPU-slots the
+    engine gave every running task (re-allocations, pauses and starts in any round included),
+    in every round, over two episodes of one policy instance."""
+    scen = small(scenario, 40)
+    pol = make_policy(policy, scen)
+    eng = CountingEngine(scen, strict=True)
+    checked = 0
+
+    class Checked:  # compares after the policy saw the round, before the round is played
+        def reset(self, seed: int) -> None:
+            pol.reset(seed)
+
+        def act(self, obs):
+            nonlocal checked
+            out = pol.act(obs)
+            ids = obs["running_id"]
+            for i in range(ids.shape[0]):
+                live = ids[i][ids[i] >= 0]
+                assert pol.service.of(i, live).tolist() == eng.gpu_slots[live].tolist()
+                checked += int((eng.gpu_slots[live] > 0).sum())
+            return out
+
+    for seed in (3, 4):
+        run_episode(scen, Checked(), seed=seed, engine=eng)
+    assert checked > 0
 
 
 def test_admission_skips_a_task_a_lower_agent_chose() -> None:

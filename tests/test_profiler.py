@@ -10,8 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from tapfinger.testbed.profiler import (CSV_COLUMNS, ProfileRequest, ProfilerError, model_config, plan_jobs,
-                                run_profile, sidecar_path)
+from tapfinger.testbed.errors import ProfilerError
+from tapfinger.testbed.models import model_config
+from tapfinger.testbed.profile_files import CSV_COLUMNS, sidecar_path
+from tapfinger.testbed.profiler import ProfileRequest, plan_jobs, run_profile
 from tapfinger.sim.progress import profile_tables, read_profile
 
 # Tests must not wait for idle CPUs or re-measure on a busy machine.

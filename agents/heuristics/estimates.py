@@ -10,29 +10,14 @@ non-preemptive case), up to the float32 rounding of the observed progress.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.sim.engine import FINISH_EPS
-from tapfinger.sim.tables import static_tables
-from tapfinger.sim.progress import SQRT_OFFSET, slots_to_finish
+from tapfinger.sim.progress import NEVER, slots_to_finish
 from tapfinger.sim.scenario import Scenario
-
-# Slot count that stands for "never finishes" (an allocation below the minimum, or no speed).
-NEVER = 10**6
-
-
-def remaining_slots(weight: float, base: float, progress: float, work: float = 1.0, limit: int = NEVER) -> int:
-    """Slots until a task at `progress` finishes with a fixed allocation (the engine's update rule)."""
-    if weight <= 0 and base <= 0:
-        return limit
-    p, n = float(progress), 0
-    while p < 1.0 - FINISH_EPS and n < limit:
-        p += (weight * math.sqrt(max(SQRT_OFFSET - p, 0.0)) + base) / work
-        n += 1
-    return max(n, 1)  # a live task ends at a slot end at the earliest
+from tapfinger.sim.speed import efficient_allocations, slot_table
+from tapfinger.sim.tables import static_tables
 
 
 @dataclass(frozen=True)
@@ -59,13 +44,7 @@ class SpeedModel:
         self.R = scenario.num_resources
         self.cpu, self.gpu = st.cpu, st.gpu
         self.K = len(scenario.task_types)
-        c_max, g_max = int(st.grid_max[st.cpu]), int(st.grid_max[st.gpu])
-        self.slots = np.full((self.K, c_max + 1, g_max + 1), NEVER, dtype=np.int64)
-        for k in range(self.K):
-            c_lo, g_lo = int(st.type_min[k, st.cpu]), int(st.type_min[k, st.gpu])
-            for c in range(c_lo, c_max + 1):
-                for g in range(g_lo, g_max + 1):
-                    self.slots[k, c, g] = slots_to_finish(st.weight[k, c, g], st.base[k, c, g], limit=NEVER)
+        self.slots = slot_table(scenario)  # [K, C+1, G+1], NEVER below the minimum (read-only)
         self.options = [self._efficient(k, 1.0) for k in range(self.K)]
         self._work_cache: dict[tuple[int, float], list[Option]] = {}
 
@@ -77,14 +56,15 @@ class SpeedModel:
         c, g = self._speed_index(alloc)
         if work == 1.0:
             return int(self.slots[k, c, g])
-        return slots_to_finish(self.static.weight[k, c, g], self.static.base[k, c, g], work, limit=NEVER)
+        return slots_to_finish(self.static.weight[k, c, g], self.static.base[k, c, g], work)
 
     def remaining(self, k: int, alloc: np.ndarray, progress: float, work: float = 1.0) -> int:
         """Slots a running task of type k still needs (at least 1)."""
         if np.any(alloc < self.static.type_min[k]):
             return NEVER
         c, g = self._speed_index(alloc)
-        return remaining_slots(self.static.weight[k, c, g], self.static.base[k, c, g], progress, work)
+        # a live task ends at a slot end at the earliest (its observed progress is rounded)
+        return max(slots_to_finish(self.static.weight[k, c, g], self.static.base[k, c, g], work, float(progress)), 1)
 
     def _speed_index(self, alloc: np.ndarray) -> tuple[int, int]:
         st = self.static
@@ -102,22 +82,11 @@ class SpeedModel:
 
     def _efficient(self, k: int, work: float) -> list[Option]:
         st = self.static
-        c_lo, g_lo = int(st.type_min[k, st.cpu]), int(st.type_min[k, st.gpu])
-        cells = []
-        for c in range(c_lo, int(st.grid_max[st.cpu]) + 1):
-            for g in range(g_lo, int(st.grid_max[st.gpu]) + 1):
-                s = int(self.slots[k, c, g]) if work == 1.0 else slots_to_finish(
-                    st.weight[k, c, g], st.base[k, c, g], work, limit=NEVER)
-                if s < NEVER:
-                    cells.append((s, c, g))
-        # Keep (s, c, g) unless some other cell is no slower and uses no more cpu and gpu.
-        cells.sort(key=lambda x: (x[0], x[1] + x[2], x[2], x[1]))
-        kept: list[tuple[int, int, int]] = []
-        for s, c, g in cells:
-            if not any(s2 <= s and c2 <= c and g2 <= g for s2, c2, g2 in kept):
-                kept.append((s, c, g))
+        table = self.slots if work == 1.0 else slot_table(self.scenario, work)
+        low = (int(st.type_min[k, st.cpu]), int(st.type_min[k, st.gpu]))
+        high = (int(st.grid_max[st.cpu]), int(st.grid_max[st.gpu]))
         out = []
-        for s, c, g in kept:
+        for s, c, g in efficient_allocations(table[k], low, high).tolist():
             alloc = st.type_min[k].copy()
             alloc[st.cpu], alloc[st.gpu] = c, g
             out.append(Option(s, alloc))

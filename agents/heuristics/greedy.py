@@ -52,7 +52,8 @@ import numpy as np
 
 from agents.base import Policy
 from envs.actions import RoundActions
-from agents.heuristics.estimates import NEVER, Option, SpeedModel
+from agents.heuristics.estimates import Option, SpeedModel
+from tapfinger.sim.progress import NEVER
 from tapfinger.sim.scenario import Scenario
 
 

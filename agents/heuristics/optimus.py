@@ -8,14 +8,13 @@ to the task whose estimated remaining time drops most per unit it already holds.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 
 from agents.heuristics.paper_common import ClusterView, PaperBaseline
 from tapfinger.sim.tables import StaticTables
-from tapfinger.sim.progress import SQRT_OFFSET
+from tapfinger.sim.progress import progress_step
 from tapfinger.sim.scenario import Scenario
 
 # The model divides by c and g; the authors put grid points with 0 CPUs or GPUs at this value.
@@ -32,7 +31,7 @@ def speed_model(c: np.ndarray | float, g: np.ndarray | float, a: float, b: float
 def progress_at_start(static: StaticTables, ttype: int) -> np.ndarray:
     """Progress one slot makes from p = 0 under every (cpu, gpu) of the grid, [C+1, G+1];
     0 below the type's minimum (the engine gives such a task no progress)."""
-    table = static.weight[ttype] * math.sqrt(SQRT_OFFSET) + static.base[ttype]
+    table = progress_step(static.weight[ttype], static.base[ttype], 0.0)
     cmin, gmin = static.type_min[ttype, static.cpu], static.type_min[ttype, static.gpu]
     c = np.arange(table.shape[0])[:, None]
     g = np.arange(table.shape[1])[None, :]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.base import Policy
+from agents.heuristics.attained import AttainedService
 from envs.actions import RoundActions
 from tapfinger.sim.tables import static_tables
 from tapfinger.sim.scenario import Scenario
@@ -38,7 +39,7 @@ class ClusterView:
     ttype: np.ndarray  # [L]
     node: np.ndarray  # [L] local node index
     progress: np.ndarray  # [L] float
-    attained: np.ndarray  # [L] float, GPU-slots so far
+    attained: np.ndarray  # [L] float, GPU-slots so far (0 unless the policy counts them)
     start: np.ndarray  # [L] slot it started (the current slot for the candidate)
     alloc: np.ndarray  # [L, R] current allocation (the candidate's is all zero)
     has_candidate: bool
@@ -122,8 +123,10 @@ def pick_candidate(obs: dict[str, np.ndarray], i: int, claimed: set[int], cap: i
     return -1
 
 
-def cluster_view(obs: dict[str, np.ndarray], i: int, order: StartOrder, candidate_place: int) -> ClusterView:
-    """Running tasks of agent i sorted by start order, then the candidate (if any)."""
+def cluster_view(obs: dict[str, np.ndarray], i: int, order: StartOrder, candidate_place: int,
+                 service: AttainedService | None = None) -> ClusterView:
+    """Running tasks of agent i sorted by start order, then the candidate (if any); their
+    attained service from `service` (zeros without one)."""
     ids = obs["running_id"][i]
     places = np.flatnonzero(ids >= 0)
     # register ids seen for the first time in start-slot order, then sort by start rank
@@ -136,7 +139,7 @@ def cluster_view(obs: dict[str, np.ndarray], i: int, order: StartOrder, candidat
         ttype=obs["running_type"][i][places].astype(np.int64),
         node=obs["running_node"][i][places].astype(np.int64),
         progress=obs["running_progress"][i][places].astype(np.float64),
-        attained=obs["running_attained"][i][places].astype(np.float64),
+        attained=service.of(i, ids[places]) if service is not None else np.zeros(places.size),
         start=obs["running_start"][i][places].astype(np.int64),
         alloc=obs["running_alloc"][i][places].astype(np.int64).reshape(-1, R),
         has_candidate=False,
@@ -186,10 +189,13 @@ class PaperBaseline(Policy):
         self.static = static_tables(scenario)  # the profiles an operator has measured
         self.skip_claimed = skip_claimed
         self.order = StartOrder()
+        self.service: AttainedService | None = None  # set by a policy that plans by attained service
 
     def reset(self, seed: int) -> None:
         super().reset(seed)
         self.order.reset()
+        if self.service is not None:
+            self.service.reset()
 
     # ------------------------------------------------------------------ what subclasses define
     def plan(self, view: ClusterView, capacity: np.ndarray) -> np.ndarray:
@@ -211,11 +217,13 @@ class PaperBaseline(Policy):
         if self.preemptive:
             out.realloc = np.full((N, M, R), -1, dtype=np.int64)
         claimed: set[int] = set()
+        if self.service is not None:
+            self.service.observe(obs)
         for i in range(N):
             cap_tasks = int(self.static.max_running[i])
             place = pick_candidate(obs, i, claimed, cap_tasks, self.skip_claimed,
                                    startable_only=not self.preemptive)
-            view = cluster_view(obs, i, self.order, place)
+            view = cluster_view(obs, i, self.order, place, self.service)
             if view.size == 0:
                 continue
             capacity = obs["node_capacity"][i].astype(np.int64)
@@ -248,7 +256,7 @@ class PaperBaseline(Policy):
         else:
             reserved = capacity - obs["node_free"][i]  # nothing is freed for it
         node = candidate_node(obs, i, reserved, tmin[view.ttype[view.cand]])
-        base = cluster_view(obs, i, self.order, -1)
+        base = cluster_view(obs, i, self.order, -1, self.service)
         if node < 0:
             return base
         view = base.append_window(obs, i, view.candidate_place, node, -1)

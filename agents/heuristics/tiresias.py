@@ -7,9 +7,16 @@ start time, splits CPUs evenly among the tasks that got GPUs; tasks that get non
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from agents.heuristics.attained import AttainedService
 from agents.heuristics.paper_common import ClusterView, PaperBaseline
+from tapfinger.sim.scenario import Scenario
+from tapfinger.sim.tables import StaticTables
+
+INF = float("inf")
 
 
 class TiresiasPolicy(PaperBaseline):
@@ -19,8 +26,9 @@ class TiresiasPolicy(PaperBaseline):
     1. admission: the first occupied window place whose task no lower agent chose this round,
        only while the agent runs fewer than ⌊capacity / minimum⌋ tasks (`paper_common.py`);
     2. every running task and the candidate start from nothing; GPUs are handed out one at a
-       time. For each grant, a task's service is its attained GPU-slots (observation
-       `running_attained`, 0 for the candidate) plus the GPUs it got so far in this round;
+       time. For each grant, a task's service is its attained GPU-slots (counted by the
+       policy from its observations, `attained.AttainedService`; 0 for the candidate) plus
+       the GPUs it got so far in this round;
        tasks at the grid maximum are out (infinite service). The tasks are sorted by service
        (ties: start order) and split into two queues at the middle (the lower ⌊L/2⌋ tasks are
        the high-priority queue, the rest — the out-of-the-running ones included — the low
@@ -38,10 +46,8 @@ class TiresiasPolicy(PaperBaseline):
     order is by start time, not by service (so "least attained service" only decides which
     half a task is in); the even CPU split is over the whole cluster capacity; an agent skips
     a window task a lower agent already chose this round (`skip_claimed`). Measured against
-    the reference: hetero-6 10.06 vs 10.35, trace-3 350 vs 331; on synthetic-3 and -6 12.7
-    and 12.2 vs 10.39 and 9.74, because the engine counts a switch for a task re-allocated in
-    the slot it started (it has no previous slot end; the authors' simulator does not count
-    it). With that fixed (scripts/fidelity.py --preview-switch-fix): 10.36, 9.85, 10.06, 337.
+    the reference (README, "Fidelity to the paper"): synthetic-3 10.36 vs 10.39, synthetic-6
+    9.85 vs 9.74, hetero-6 10.06 vs 10.35, trace-3 337 vs 331.
 
     Generalisations that never bind in the reference scenarios: a task's first grant is its
     GPU minimum at once and needs the minimum of its other resources to still fit on its node
@@ -54,6 +60,10 @@ class TiresiasPolicy(PaperBaseline):
     name = "tiresias"
     preemptive = True
 
+    def __init__(self, scenario: Scenario, seed: int = 0, skip_claimed: bool = True):
+        super().__init__(scenario, seed, skip_claimed)
+        self.service = AttainedService(self.static.gpu)
+
     def reset_floor(self, view: ClusterView) -> np.ndarray:
         return np.zeros_like(view.alloc[: view.n_running])  # every task starts from nothing
 
@@ -63,80 +73,124 @@ class TiresiasPolicy(PaperBaseline):
     def plan(self, view: ClusterView, capacity: np.ndarray) -> np.ndarray:
         """Allocation [L, R] of every task of `view` (running in start order, then the
         candidate) on node capacities `capacity` [Nn, R]; all-zero rows pause."""
-        st = self.static
-        cpu, gpu = st.cpu, st.gpu
-        L = view.size
-        tmin_np = st.type_min[view.ttype]  # [L, R]
-        others = [r for r in range(tmin_np.shape[1]) if r != gpu]
-        # Plain lists: the GPU loop makes up to one pass per GPU over at most ⌊capacity/min⌋
-        # tasks, where numpy's per-call overhead would dominate.
-        tmin = tmin_np.tolist()
-        node = view.node.tolist()
-        attained = view.attained.tolist()
-        start = view.start.tolist()
-        cap = capacity.tolist()
-        free_gpu = [row[gpu] for row in cap]
-        reserved = [[0] * len(row) for row in cap]  # non-GPU minimums of the tasks with GPUs
-        gpus = [0] * L  # GPUs handed out in this round ("las_now"); the task's GPU allocation
-        gmax = int(st.grid_max[gpu])
-        inf = float("inf")
-        mid = L // 2
-        first_step = [max(m[gpu], 1) for m in tmin]
+        gpus = grant_gpus(self.static, view, capacity)
+        alloc = np.zeros_like(self.static.type_min[view.ttype])
+        alloc[:, self.static.gpu] = gpus
+        split_cpus(self.static, view, capacity, alloc)
+        return alloc
+
+
+@dataclass
+class _GpuGrants:
+    """One round's GPU hand-out in progress. Plain lists: the loop makes up to one pass per GPU
+    over at most ⌊capacity / minimum⌋ tasks, where numpy's per-call overhead would dominate."""
+
+    gpu: int  # index of the gpu resource
+    others: list[int]  # the other resources
+    gmax: int  # grid maximum of GPUs per task
+    tmin: list[list[int]]  # [L][R] minimums
+    node: list[int]  # [L] local node
+    attained: list[float]  # [L] GPU-slots before this round
+    cap: list[list[int]]  # [Nn][R] node capacities
+    guard: bool  # whether the other resources' minimums can run out on a node
+    free_gpu: list[int]  # [Nn] GPUs not handed out yet
+    reserved: list[list[int]]  # [Nn][R] non-GPU minimums of the tasks with GPUs
+    gpus: list[int]  # [L] GPUs handed out in this round ("las_now"): the task's GPU allocation
+
+    @classmethod
+    def begin(cls, static: StaticTables, view: ClusterView, capacity: np.ndarray) -> "_GpuGrants":
+        gpu = static.gpu
+        tmin = static.type_min[view.ttype]  # [L, R]
+        others = [r for r in range(tmin.shape[1]) if r != gpu]
         # The guard on the other resources' minimums only matters when the tasks' minimums
         # cannot all be held at once on some node (never in the reference scenarios).
         need = np.zeros_like(capacity)
-        np.add.at(need, view.node, tmin_np)
-        guard = bool((need[:, others] > capacity[:, others]).any())
-        while True:
-            service = [inf] * L
-            for l in range(L):
-                g = gpus[l]
-                step = first_step[l] if g == 0 else 1
-                if g + step > gmax or free_gpu[node[l]] < step:
-                    continue
-                if guard and g == 0 and any(cap[node[l]][r] - reserved[node[l]][r] < tmin[l][r] for r in others):
-                    continue
-                service[l] = attained[l] + g
-            by_service = sorted(range(L), key=service.__getitem__)  # stable: ties in start order
-            chosen = -1
-            for queue in (by_service[:mid], by_service[mid:]):
-                live = [l for l in queue if service[l] != inf]
-                if live:
-                    # earliest start; sorted() is stable, so equal starts keep the service order
-                    chosen = min(live, key=start.__getitem__)
+        np.add.at(need, view.node, tmin)
+        cap = capacity.tolist()
+        return cls(gpu=gpu, others=others, gmax=int(static.grid_max[gpu]), tmin=tmin.tolist(),
+                   node=view.node.tolist(), attained=view.attained.tolist(), cap=cap,
+                   guard=bool((need[:, others] > capacity[:, others]).any()),
+                   free_gpu=[row[gpu] for row in cap], reserved=[[0] * len(row) for row in cap],
+                   gpus=[0] * view.size)
+
+    def step(self, l: int) -> int:
+        """GPUs task l's next grant gives: its GPU minimum (at least 1) first, then 1."""
+        return max(self.tmin[l][self.gpu], 1) if self.gpus[l] == 0 else 1
+
+    def service(self) -> list[float]:
+        """Per task: attained + GPUs so far this round; INF for a task that cannot take its next
+        grant (grid maximum reached, no GPU left on its node, or its other minimums do not fit)."""
+        out = [INF] * len(self.gpus)
+        for l, g in enumerate(self.gpus):
+            n, step = self.node[l], self.step(l)
+            if g + step > self.gmax or self.free_gpu[n] < step:
+                continue
+            if self.guard and g == 0 and any(self.cap[n][r] - self.reserved[n][r] < self.tmin[l][r]
+                                             for r in self.others):
+                continue
+            out[l] = self.attained[l] + g
+        return out
+
+    def grant(self, l: int) -> None:
+        n, step = self.node[l], self.step(l)
+        if self.gpus[l] == 0:
+            for r in self.others:
+                self.reserved[n][r] += self.tmin[l][r]
+        self.gpus[l] += step
+        self.free_gpu[n] -= step
+
+
+def next_grant(service: list[float], start: list[int]) -> int:
+    """Which task gets the next GPU: the tasks sorted by service (ties: start order) form two
+    queues, the lower ⌊L/2⌋ first; in the first queue with an eligible task, the earliest
+    started one (ties: lower service, then start order). -1 if no task is eligible."""
+    by_service = sorted(range(len(service)), key=service.__getitem__)  # stable: ties in start order
+    mid = len(service) // 2
+    for queue in (by_service[:mid], by_service[mid:]):
+        live = [l for l in queue if service[l] != INF]
+        if live:
+            # earliest start; min() keeps the first of equal starts, i.e. the service order
+            return min(live, key=start.__getitem__)
+    return -1
+
+
+def grant_gpus(static: StaticTables, view: ClusterView, capacity: np.ndarray) -> list[int]:
+    """GPUs of every row of `view`, handed out one grant at a time by `next_grant`."""
+    grants = _GpuGrants.begin(static, view, capacity)
+    start = view.start.tolist()
+    while (chosen := next_grant(grants.service(), start)) >= 0:
+        grants.grant(chosen)
+    return grants.gpus
+
+
+def split_cpus(static: StaticTables, view: ClusterView, capacity: np.ndarray, alloc: np.ndarray) -> None:
+    """CPUs (and the other resources' minimums) of the tasks that got GPUs, in place: per node,
+    the minimum, then an even share of the node's CPUs (capped at the grid maximum), then the
+    remainder one by one in start order."""
+    cpu, gpu = static.cpu, static.gpu
+    tmin = static.type_min[view.ttype]
+    others = [r for r in range(tmin.shape[1]) if r != gpu]
+    got = alloc[:, gpu] > 0
+    cmax = int(static.grid_max[cpu])
+    for n in np.unique(view.node[got]):
+        on = np.flatnonzero(got & (view.node == n))
+        alloc[np.ix_(on, others)] = tmin[np.ix_(on, others)]
+        # even split of the node's CPUs (minimum first: the same as ⌊CPUs / count⌋ when
+        # the minimums are equal), capped at the grid maximum
+        spare = int(capacity[n, cpu] - alloc[on, cpu].sum())
+        add = np.minimum(spare // len(on), cmax - alloc[on, cpu])
+        alloc[on, cpu] += add
+        spare -= int(add.sum())
+        while spare > 0:  # the remainder one by one, in start order
+            before = spare
+            for l in on:
+                if spare == 0:
                     break
-            if chosen < 0:
+                if alloc[l, cpu] + 1 <= cmax:
+                    alloc[l, cpu] += 1
+                    spare -= 1
+            if spare == before:
                 break
-            step = first_step[chosen] if gpus[chosen] == 0 else 1
-            if gpus[chosen] == 0:
-                for r in others:
-                    reserved[node[chosen]][r] += tmin[chosen][r]
-            gpus[chosen] += step
-            free_gpu[node[chosen]] -= step
-        alloc = np.zeros_like(tmin_np)
-        alloc[:, gpu] = gpus
-        got = alloc[:, gpu] > 0
-        cmax = int(st.grid_max[cpu])
-        for n in np.unique(view.node[got]):
-            on = np.flatnonzero(got & (view.node == n))
-            alloc[np.ix_(on, others)] = tmin_np[np.ix_(on, others)]
-            # even split of the node's CPUs (minimum first: the same as ⌊CPUs / count⌋ when
-            # the minimums are equal), capped at the grid maximum
-            spare = int(capacity[n, cpu] - alloc[on, cpu].sum())
-            add = np.minimum(spare // len(on), cmax - alloc[on, cpu])
-            alloc[on, cpu] += add
-            spare -= int(add.sum())
-            while spare > 0:  # the remainder one by one, in start order
-                before = spare
-                for l in on:
-                    if spare == 0:
-                        break
-                    if alloc[l, cpu] + 1 <= cmax:
-                        alloc[l, cpu] += 1
-                        spare -= 1
-                if spare == before:
-                    break
-        return alloc
 
 
 class TiresiasNPPolicy(TiresiasPolicy):

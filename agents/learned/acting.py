@@ -1,11 +1,37 @@
 """How the learned policy acts, independent of what scores its choices (numpy only).
 
+One round of the learned policy, written once for every runtime: the eager torch network
+(`agents.learned.policy.Planner`) and the exported programs (`agents.exported.ExportedPolicy`)
+only supply a `Scorer`, which scores a batch of deciding agents; everything else is here:
+
+- plans: in multi-task mode an agent emits a sequence of (task, node, allocation) choices in one
+  decision, with its masks updated after each choice (the chosen task removed, the node's free
+  resources reduced). The environment starts one task per agent per round, so the rest of the
+  sequence is played in the following rounds of the same slot (dropped if a step has become
+  infeasible, e.g. another cluster started that task). Plans are made for one slot.
+- liveness: a cluster that runs nothing and has a startable task must start one (its "do
+  nothing" choice is masked at the first choice of its decision), so no policy can stall an
+  episode forever. The rule asks for one start only: later choices of a sequence may pass.
+- conflicts: several agents starting the same task in a round are resolved by the Bayes
+  posterior (`agents.learned.conflicts`).
+
+This module imports neither torch nor torch_geometric: the ONNX policy runs without them.
 `ActingOptions` are the acting switches stored with a checkpoint and an exported file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from agents.learned.conflicts import fit_count, resolve
+from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks
+from envs.actions import RoundActions
+from envs.graph import graph_arrays
+from tapfinger.sim.scenario import Scenario
+from tapfinger.sim.tables import static_tables
 
 
 @dataclass
@@ -14,3 +40,180 @@ class ActingOptions:
     max_sequence: int = 4  # the longest such sequence
     bayes: bool = True  # resolve conflicts by the Bayes posterior (False: by picking probability alone)
     pointer: bool = True  # attention pointer over the window (False: uniform task choice, an ablation)
+
+
+# --------------------------------------------------------------------------- what a round records
+@dataclass
+class Step:
+    masks: dict[str, np.ndarray]  # this agent's masks when the choice was made
+    place: int
+    node: int
+    alloc: np.ndarray
+    task_id: int
+    prob: float  # probability with which the task was picked (for conflict posteriors)
+    logp_task: float = 0.0
+    logp_rest: float = 0.0  # node + allocation
+
+
+@dataclass
+class AgentDecision:
+    """A decision of one agent in one round: what PPO learns from."""
+
+    agent: int
+    steps: list[Step]
+    value: float
+    lost_conflict: bool = False
+
+
+@dataclass
+class RoundRecord:
+    arrays: dict[str, np.ndarray]  # the round's round_arrays ({} if not kept: RoundPlanner.record_arrays)
+    decisions: list[AgentDecision] = field(default_factory=list)
+
+
+def round_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
+    """What one round needs to be scored and stored: its graph arrays plus the per-agent masks and
+    node ids (`agents.learned.batch.collate` and the exported program's feeds are built from it)."""
+    g = graph_arrays(obs, scenario)
+    for k in MASK_KEYS:
+        g[k] = obs[k]
+    g["node_id"] = obs["node_id"]
+    return g
+
+
+# --------------------------------------------------------------------------- what scores choices
+@dataclass
+class Choices:
+    """A scorer's answer for S deciding agents (row j is agents[j] of the call)."""
+
+    place: np.ndarray  # [S] window place, -1 = do nothing
+    node: np.ndarray  # [S] local node
+    alloc: np.ndarray  # [S, R]
+    task_prob: np.ndarray  # [S] probability of the chosen task choice (conflict posteriors)
+    # eager training path only (None from an exported program): for PPO's RoundRecord
+    logp_task: np.ndarray | None = None  # [S]
+    logp_rest: np.ndarray | None = None  # [S]
+    value: np.ndarray | None = None  # [S] the critic's value of each agent
+
+
+class RoundScorer(Protocol):
+    def score(self, agents: np.ndarray, masks: dict[str, np.ndarray]) -> Choices:
+        """One (task, node, allocation) choice per agent; masks[k] is [S, ...], one row per agent."""
+
+
+class Scorer(Protocol):
+    def for_round(self, arrays: dict[str, np.ndarray]) -> RoundScorer:
+        """Prepare a round (`round_arrays`): scored once or more, with other masks, in that round."""
+
+
+# --------------------------------------------------------------------------- the round loop
+class RoundPlanner:
+    """The learned policy's round logic around a `Scorer`; holds the current slot's plans."""
+
+    def __init__(self, scenario: Scenario, options: ActingOptions | None = None, record_arrays: bool = True):
+        """`record_arrays`: keep every round's graph arrays in its `RoundRecord` (what PPO learns
+        from); False builds them only for rounds in which some agent decides (a runtime that keeps
+        no records, e.g. the exported policy, saves the work in the other rounds)."""
+        self.scenario = scenario
+        self.options = options or ActingOptions()
+        self.record_arrays = record_arrays
+        self.static = static_tables(scenario)
+        self.reset()
+
+    def reset(self) -> None:
+        self.queue: list[list[Step]] = [[] for _ in range(self.scenario.num_clusters)]
+        self.slot = -1
+
+    def plan_round(self, obs: dict[str, np.ndarray], scorer: Scorer) -> tuple[RoundActions, RoundRecord]:
+        """This round's actions of all agents, and what was decided (for PPO)."""
+        N = obs["task_mask"].shape[0]
+        slot = int(obs["slot"][0, 0])
+        if slot != self.slot:
+            self.queue = [[] for _ in range(N)]
+            self.slot = slot
+        # agents without a plan decide now; the others play the next still playable step of theirs
+        fresh = [i for i in range(N) if not self.queue[i] and obs["task_mask"][i, 1:].any()]
+        arrays = round_arrays(obs, self.scenario) if fresh or self.record_arrays else {}
+        record = RoundRecord(arrays)
+        starts: list[Step | None] = [None] * N
+        for i in range(N):
+            while self.queue[i] and starts[i] is None:
+                step = self.queue[i].pop(0)
+                if step_still_valid(obs, i, step.place, step.node, step.alloc, step.task_id):
+                    starts[i] = step
+        if fresh:
+            record.decisions = self._decide(obs, scorer.for_round(arrays), fresh)
+            for d in record.decisions:
+                real = [s for s in d.steps if s.place >= 0]
+                if real:
+                    starts[d.agent] = real[0]
+                    self.queue[d.agent] = real[1:]
+        keep = self._resolve_conflicts(obs, starts)
+        for d in record.decisions:
+            first = starts[d.agent]
+            if first is not None and not keep[d.agent] and first is d.steps[0]:
+                d.lost_conflict = True
+        actions = RoundActions.nothing(N, obs["alloc_low"].shape[2])
+        for i, s in enumerate(starts):
+            if s is not None and keep[i]:
+                actions.task[i], actions.node[i], actions.alloc[i] = s.place, s.node, s.alloc
+        return actions, record
+
+    def _decide(self, obs: dict[str, np.ndarray], scorer: RoundScorer, fresh: list[int]) -> list[AgentDecision]:
+        """The decisions of the `fresh` agents: one choice each, or a sequence in multi-task mode.
+        Step k scores the agents whose sequence goes on, with their masks after steps 0..k-1."""
+        rows = np.asarray(fresh, dtype=np.int64)
+        n_steps = self.options.max_sequence if self.options.multi_task else 1
+        stacked = {k: obs[k][rows] for k in MASK_KEYS}  # fancy indexing copies: edits stay local
+        # Liveness: an idle cluster with a startable task may not pass. Waiting there never frees
+        # anything, and an untrained (or greedy) policy could otherwise stall forever.
+        idle = ~(obs["running_id"][rows] >= 0).any(axis=1)
+        stacked["task_mask"][idle, 0] = 0
+        masks = [{k: stacked[k][j] for k in MASK_KEYS} for j in range(len(fresh))]
+        if n_steps > 1:
+            free = [obs["node_free"][i].copy() for i in fresh]
+            occupied = [obs["window_id"][i] >= 0 for i in fresh]
+            room = [int(self.static.max_running[i] - (obs["running_id"][i] >= 0).sum()) for i in fresh]
+        decisions = [AgentDecision(i, [], 0.0) for i in fresh]
+        active = np.ones(len(fresh), dtype=bool)
+        for k_step in range(n_steps):
+            idx = np.flatnonzero(active)
+            if not idx.size:
+                break
+            batch = stacked if k_step == 0 else {k: np.stack([masks[j][k] for j in idx]) for k in MASK_KEYS}
+            c = scorer.score(rows[idx], batch)
+            if k_step == 0 and c.value is not None:
+                for j in idx:
+                    decisions[j].value = float(c.value[j])
+            for k, j in enumerate(idx):
+                p = int(c.place[k])
+                tid = int(obs["window_id"][fresh[j], p]) if p >= 0 else -1
+                decisions[j].steps.append(Step(
+                    masks[j], p, int(c.node[k]), c.alloc[k].astype(np.int64), tid, float(c.task_prob[k]),
+                    0.0 if c.logp_task is None else float(c.logp_task[k]),
+                    0.0 if c.logp_rest is None else float(c.logp_rest[k])))
+                if p < 0 or n_steps == 1:
+                    active[j] = False
+                    continue
+                room[j] -= 1
+                masks[j] = update_masks(masks[j], free[j], p, int(c.node[k]), c.alloc[k], self.static.grid_max,
+                                        occupied[j], room[j])
+                # the liveness rule asked for the first start only: "do nothing" is allowed again
+                masks[j]["task_mask"][0] = obs["task_mask"][fresh[j], 0]
+                if not masks[j]["task_mask"][1:].any():
+                    active[j] = False  # nothing left to choose: the sequence ends without a "none" step
+        return decisions
+
+    def _resolve_conflicts(self, obs: dict[str, np.ndarray], starts: list[Step | None]) -> np.ndarray:
+        """Which agents keep their start: all of them, unless several start the same task."""
+        task_ids = np.array([s.task_id if s is not None else -1 for s in starts])
+        taken = task_ids[task_ids >= 0]
+        if np.unique(taken).size == taken.size:
+            return task_ids >= 0
+        probs = np.array([s.prob if s is not None else 0.0 for s in starts])
+        fits = np.zeros(len(starts))  # the prior's fit counts (they only matter between rivals)
+        for i, s in enumerate(starts):
+            if s is not None:
+                tmin = self.static.type_min[obs["window_type"][i, s.place]]
+                fits[i] = fit_count(obs["node_free"][i], obs["node_id"][i] >= 0, tmin)
+        return resolve(task_ids, probs, fits, bayes=self.options.bayes)

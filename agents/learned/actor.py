@@ -1,7 +1,9 @@
 """Sampling (or scoring) decisions with the actor heads: task first, then node, then each resource.
 
-The same function serves acting (actions=None: sample, or argmax when deterministic) and the
-PPO update (actions given: their log-probabilities and entropies under the current weights).
+The same function serves acting (actions=None: sample, or the greedy pick when deterministic)
+and the PPO update (actions given: their log-probabilities and entropies under the current weights).
+The greedy pick breaks near-ties by the lowest index (`agents.learned.ties`); the exported program
+runs this same code, so it carries the same rule.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from agents.learned.batch import GraphBatch
 from agents.learned.model import TapFingerNet
+from agents.learned.ties import LOGIT_ATOL
 
 
 @dataclass
@@ -26,12 +29,20 @@ class Decision:
     task_logits: torch.Tensor | None = None  # [S, W+1] masked; an output of the exported program
 
 
+def greedy_pick(logits: torch.Tensor, atol: float = LOGIT_ATOL) -> torch.Tensor:
+    """The lowest index whose logit is within `atol` of the row's maximum. argmax of the 0/1 "near
+    the maximum" indicator: torch.argmax and ONNX ArgMax both return the first maximal index, so
+    the eager model, the .pt2 and the ONNX program pick the same one of near-equal twins."""
+    best = logits.max(dim=-1, keepdim=True).values
+    return (logits >= best - atol).to(logits.dtype).argmax(dim=-1)
+
+
 def _pick(logits: torch.Tensor, given: torch.Tensor | None, deterministic: bool,
           generator: torch.Generator | None) -> torch.Tensor:
     if given is not None:
         return given
     if deterministic:
-        return logits.argmax(dim=-1)
+        return greedy_pick(logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

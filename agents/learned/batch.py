@@ -1,8 +1,9 @@
 """Collate rounds (batched observations of all agents) into one disjoint graph of tensors.
 
-Each round contributes its `envs.graph.graph_arrays`; indices are offset so that many rounds
-form one big graph, and per-agent tensors (masks, window and node rows) are stacked, one row
-per (round, agent). The model and the PPO update both consume this structure.
+Each round contributes its `round_arrays` (`envs.graph.graph_arrays` plus masks and node ids);
+indices are offset so that many rounds form one big graph, and per-agent tensors (masks, window
+and node rows) are stacked, one row per (round, agent). The model and the PPO update both
+consume this structure. The edge and vertex types are `envs.graph`'s layout.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agents.learned.acting import round_arrays
 from agents.learned.masks import MASK_KEYS
-from envs.graph import graph_arrays
-from tapfinger.sim.scenario import Scenario
+from envs.graph import VERTEX_TYPES, EdgeType, forward_edges, reverse
 
+__all__ = ["GraphBatch", "collate", "round_arrays"]  # round_arrays: numpy, in agents.learned.acting
 
 
 @dataclass
 class GraphBatch:
     x: dict[str, torch.Tensor]  # cluster / node / pending / running features
-    edges: dict[tuple[str, str, str], torch.Tensor]
+    edges: dict[EdgeType, torch.Tensor]
     window_row: torch.Tensor  # [A, W] row in x["pending"], -1 = empty place
     node_row: torch.Tensor  # [A, Nn] row in x["node"], -1 = padding
     agent_row: torch.Tensor  # [A] row in x["cluster"]
@@ -37,32 +39,21 @@ class GraphBatch:
                           self.cluster_round.to(device), mv(self.masks), self.num_rounds)
 
 
-def round_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
-    """What one round needs to be stored: its graph arrays plus the per-agent masks and node ids."""
-    g = graph_arrays(obs, scenario)
-    for k in MASK_KEYS:
-        g[k] = obs[k]
-    g["node_id"] = obs["node_id"]
-    return g
-
-
 def collate(rounds: list[dict[str, np.ndarray]]) -> GraphBatch:
-    counts = {k: np.array([r[f"{k}_x"].shape[0] for r in rounds]) for k in ("cluster", "node", "pending", "running")}
+    counts = {k: np.array([r[f"{k}_x"].shape[0] for r in rounds]) for k in VERTEX_TYPES}
     offs = {k: np.concatenate([[0], np.cumsum(v)[:-1]]) for k, v in counts.items()}
     x = {k: torch.from_numpy(np.concatenate([r[f"{k}_x"] for r in rounds])) for k in counts}
-    vis = np.concatenate([r["visible_edge"] + [[offs["pending"][i]], [offs["cluster"][i]]]
-                          for i, r in enumerate(rounds)], axis=1)
-    member = np.concatenate([np.stack([np.arange(len(r["node_cluster"])) + offs["node"][i],
-                                       r["node_cluster"] + offs["cluster"][i]]) for i, r in enumerate(rounds)], axis=1)
-    placed = np.concatenate([r["placed_edge"] + [[offs["running"][i]], [offs["node"][i]]]
-                             for i, r in enumerate(rounds)], axis=1)
 
     def t(a):
         return torch.from_numpy(np.ascontiguousarray(a)).long()
 
-    edges = {("node", "in", "cluster"): t(member), ("cluster", "rev_in", "node"): t(member[::-1]),
-             ("pending", "visible_to", "cluster"): t(vis), ("cluster", "rev_visible_to", "pending"): t(vis[::-1]),
-             ("running", "placed_on", "node"): t(placed), ("node", "rev_placed_on", "running"): t(placed[::-1])}
+    per_round = [forward_edges(r) for r in rounds]
+    edges = {}
+    for et in per_round[0]:  # each (src, rel, dst): source rows offset by src's counts, destinations by dst's
+        src, _, dst = et
+        e = np.concatenate([p[et] + [[offs[src][i]], [offs[dst][i]]] for i, p in enumerate(per_round)], axis=1)
+        edges[et] = t(e)
+        edges[reverse(et)] = t(e[::-1])
     window_row = np.concatenate([np.where(r["window_row"] >= 0, r["window_row"] + offs["pending"][i], -1)
                                  for i, r in enumerate(rounds)])
     # graph_arrays orders node rows by global node id, so a node's row is its id plus the offset

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -84,6 +83,17 @@ def read_payload(path: str | Path) -> dict:
     return payload
 
 
+def stored_model_config(stored: dict, path: str | Path) -> ModelConfig:
+    """The ModelConfig of a checkpoint. Fields a later version dropped load when they hold nothing
+    (the shipped checkpoints carry an empty `extra`); any other unknown field is refused."""
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = {k: v for k, v in stored.items() if k not in known}
+    if any(unknown.values()):
+        raise CheckpointError(f"checkpoint {path} has model options this version does not know ({unknown}). "
+                              f"Fix: use the tapfinger version that wrote it, or retrain.")
+    return ModelConfig(**{k: v for k, v in stored.items() if k in known})
+
+
 def load_checkpoint(path: str | Path, scenario: Scenario | None = None,
                     expect_config: ModelConfig | None = None) -> LoadedCheckpoint:
     payload = read_payload(path)
@@ -94,7 +104,7 @@ def load_checkpoint(path: str | Path, scenario: Scenario | None = None,
             f"{scenario_fingerprint(scenario)}) in one of: {FINGERPRINT_COVERS}. Fix: evaluate it on "
             f"'{payload['scenario']}', or train a policy for '{scenario.name}' with `tapfinger train "
             f"--scenario {scenario.name}`.")
-    cfg = ModelConfig(**payload["model_config"])
+    cfg = stored_model_config(payload["model_config"], path)
     if expect_config is not None and cfg != expect_config:
         diff = {k: (v, getattr(expect_config, k)) for k, v in cfg.to_dict().items()
                 if getattr(expect_config, k) != v}
@@ -107,8 +117,3 @@ def load_checkpoint(path: str | Path, scenario: Scenario | None = None,
         raise CheckpointError(f"checkpoint {path}: weights do not fit the model ({str(exc)[:200]}). Fix: use a "
                               f"checkpoint written by this version of tapfinger.") from None
     return LoadedCheckpoint(net, payload, payload.get("acting", {}))
-
-
-def describe(payload: dict) -> str:
-    return (f"scenario {payload['scenario']}, step {payload['step']}, model {payload['model_config']}, "
-            f"versions {payload['versions']}, python {sys.version.split()[0]}")

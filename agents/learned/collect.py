@@ -1,5 +1,7 @@
 """Collecting experience: whole episodes played by the network (or by a teacher heuristic for
-imitation), in worker processes or in-process.
+imitation), in worker processes or in-process, through the one episode loop
+(`envs.episode.run_episode`), so that an episode's avg JCT and unfinished tasks are measured as
+`tapfinger evaluate` measures them.
 
 The learning signal is the team reward: minus the tasks in the whole system at each slot end,
 whose sum over an episode is exactly the tasks' total completion time (so maximising it is
@@ -18,8 +20,8 @@ import torch
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.acting import ActingOptions
 from agents.learned.policy import AgentDecision, Planner, RoundRecord, Step
-from envs.observations import build_observations
-from tapfinger.sim.engine import Engine
+from envs.actions import RoundActions
+from envs.episode import RoundInfo, run_episode
 from tapfinger.sim.scenario import Scenario
 
 
@@ -29,44 +31,68 @@ class Episode:
     rounds: list[RoundRecord]
     round_reward: np.ndarray  # [rounds] team reward at the rounds that ended a slot, 0 elsewhere
     slot_ended: np.ndarray  # [rounds] bool
-    avg_jct: float
+    avg_jct: float  # of the finished tasks, as `EpisodeResult.avg_jct` (nan when none finished)
     episodic_return: float
+    unfinished: int = 0  # tasks not finished at the end (a truncated episode), never in avg_jct
 
     @property
     def num_rounds(self) -> int:
         return len(self.rounds)
 
 
+class RecordingActor:
+    """What `run_episode` drives during collection: the planner acts (or the teacher, for
+    imitation) and the round's `RoundRecord` is kept for `on_round` to collect.
+
+    With `teacher` (a heuristic Policy), the teacher's choices are recorded as single-step
+    decisions; the teacher also acts, unless `learner_acts` (DAgger: the learner visits the states,
+    the teacher labels them). Without a teacher the planner records its own decisions (for PPO)."""
+
+    def __init__(self, scenario: Scenario, planner: Planner, generator: torch.Generator,
+                 deterministic: bool = False, teacher=None, learner_acts: bool = False):
+        self.scenario = scenario
+        self.planner = planner
+        self.generator = generator
+        self.deterministic = deterministic
+        self.teacher = teacher
+        self.learner_acts = learner_acts
+        self.name = getattr(teacher, "name", "tapfinger")
+        self.last: RoundRecord | None = None
+
+    def reset(self, seed: int) -> None:
+        self.planner.reset()
+        if self.teacher is not None:
+            self.teacher.reset(seed)
+
+    def _plan(self, obs: dict[str, np.ndarray]) -> tuple[RoundActions, RoundRecord]:
+        return self.planner.act(obs, deterministic=self.deterministic, generator=self.generator)
+
+    def act(self, obs: dict[str, np.ndarray]) -> RoundActions:
+        if self.teacher is None:
+            actions, self.last = self._plan(obs)
+            return actions
+        labels = self.teacher.act(obs)
+        self.last = teacher_record(obs, labels, self.scenario)
+        return self._plan(obs)[0] if self.learner_acts else labels
+
+
 def play_episode(scenario: Scenario, planner: Planner, seed: int, generator: torch.Generator,
                  deterministic: bool = False, reward_scale: float = 0.05, teacher=None,
                  learner_acts: bool = False) -> Episode:
-    """One episode. With `teacher` (a heuristic Policy), the teacher's choices are recorded as
-    single-step decisions (for imitation); the teacher also acts, unless `learner_acts` (DAgger:
-    the learner visits the states, the teacher labels them). Without a teacher the planner acts
-    and records its own decisions (for PPO)."""
-    eng = Engine(scenario)
-    eng.reset(seed)
-    planner.reset()
-    if teacher is not None:
-        teacher.reset(seed)
+    """One episode through the one episode loop (`envs.episode.run_episode`), recording each round
+    (see `RecordingActor` for the roles of `teacher` and `learner_acts`)."""
+    actor = RecordingActor(scenario, planner, generator, deterministic, teacher, learner_acts)
     rounds, rewards, ended = [], [], []
-    while not eng.done:
-        obs = build_observations(eng)
-        if teacher is None:
-            actions, record = planner.act(obs, deterministic=deterministic, generator=generator)
-        else:
-            labels = teacher.act(obs)
-            record = teacher_record(obs, labels, scenario)
-            actions = planner.act(obs, deterministic=deterministic, generator=generator)[0] if learner_acts \
-                else labels
-        in_system = int(((eng.status == 1) | (eng.status == 2)).sum())
-        slot_end = eng.play_round(actions.task, actions.node, actions.alloc, actions.realloc)
-        rounds.append(record)
-        rewards.append(-in_system * reward_scale if slot_end else 0.0)
-        ended.append(slot_end)
-    jct = eng.task_records()["jct"]
+
+    def on_round(info: RoundInfo) -> None:
+        rounds.append(actor.last)
+        rewards.append(-info.tasks_during * reward_scale if info.slot_ended else 0.0)
+        ended.append(info.slot_ended)
+
+    result = run_episode(scenario, actor, seed, on_round=on_round)
     rr = np.asarray(rewards)
-    return Episode(seed, rounds, rr, np.asarray(ended), float(jct.mean()), float(rr.sum()))
+    return Episode(seed, rounds, rr, np.asarray(ended, dtype=bool), result.avg_jct, float(rr.sum()),
+                   result.unfinished)
 
 
 def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario) -> RoundRecord:

@@ -3,12 +3,16 @@
 The posterior that agent i should host the task is proportional to (agent i's probability of
 picking it) × (prior: a softmax over the competitors of how many times the task's minimum fits in
 their free resources). The argmax wins; the others do nothing this round. `bayes=False` decides by
-the picking probability alone (the ablation).
+the picking probability alone (the ablation). Ties, and posteriors within `ties.POSTERIOR_RTOL` of
+the best (what float rounding in another runtime may turn either way), go to the lowest agent
+index (`agents.learned.ties`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from agents.learned.ties import lowest_near_max
 
 
 def fit_count(node_free: np.ndarray, node_valid: np.ndarray, minimum: np.ndarray) -> int:
@@ -33,7 +37,7 @@ def resolve(task_ids: np.ndarray, probs: np.ndarray, fits: np.ndarray, bayes: bo
             posterior = probs[rivals] * prior
         else:
             posterior = probs[rivals].astype(np.float64)
-        winner = rivals[int(np.argmax(posterior))]  # ties: lowest agent index, as the environment
+        winner = rivals[lowest_near_max(posterior)]  # near-ties: lowest agent index, as the environment
         keep[rivals] = False
         keep[winner] = True
     return keep

@@ -1,8 +1,6 @@
-"""Action-mask bookkeeping shared by the eager planner and the exported-policy runtime.
-
-numpy only: `agents/exported.py` must run without torch, so the rules that both runtimes apply
-(masks after a choice of a multi-task sequence, whether a planned step is still playable) live here
-once rather than in each.
+"""Action-mask bookkeeping of the learned policy's round loop (`agents.learned.acting`), which the
+eager and the exported policies share: masks after a choice of a multi-task sequence, whether a
+planned step is still playable. numpy only (the ONNX policy runs without torch).
 """
 
 from __future__ import annotations

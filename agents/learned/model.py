@@ -7,7 +7,7 @@ log π(action) = log π(task) + log π(node | task) + Σ_r log π(alloc_r | task
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +16,10 @@ from torch_geometric.nn import GATv2Conv, HeteroConv
 from torch_geometric.utils import scatter
 
 from agents.learned.batch import GraphBatch
+from envs.graph import EDGE_TYPES, VERTEX_TYPES, feature_dims
 from tapfinger.sim.scenario import Scenario
 
 NEG = -1e9  # masked logit; finite so that fully-masked rows never produce NaN
-
-EDGE_TYPES = [("node", "in", "cluster"), ("cluster", "rev_in", "node"),
-              ("pending", "visible_to", "cluster"), ("cluster", "rev_visible_to", "pending"),
-              ("running", "placed_on", "node"), ("node", "rev_placed_on", "running")]
-VERTEX_TYPES = ("cluster", "node", "pending", "running")
 
 
 @dataclass
@@ -37,7 +33,6 @@ class ModelConfig:
     layers: int = 2
     heads: int = 2
     encoder: str = "graph"  # "graph", or "mlp" for the no-graph ablation
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def for_scenario(cls, scenario: Scenario, **kw) -> "ModelConfig":
@@ -46,8 +41,8 @@ class ModelConfig:
                    window=scenario.window_size, **kw)
 
     def feature_dims(self) -> dict[str, int]:
-        K, R = self.num_types, self.num_resources
-        return {"cluster": 2 * R + 3, "node": 2 * R, "pending": K + R + 4, "running": K + R + 2}
+        """The input width of each vertex type (`envs.graph.feature_dims`, the graph layout's home)."""
+        return feature_dims(self.num_types, self.num_resources)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,22 +17,9 @@ import torch
 from agents.learned.actor import Decision, decide
 from agents.learned.batch import collate
 from agents.learned.collect import Episode
+from agents.learned.config import PPOConfig  # the PPO options live with the rest of the run's configuration
 from agents.learned.model import TapFingerNet
 from agents.learned.policy import MASK_KEYS
-
-
-@dataclass
-class PPOConfig:
-    lr: float = 3e-4
-    gamma: float = 0.95  # per slot
-    gae_lambda: float = 0.9
-    clip: float = 0.2
-    epochs: int = 4
-    minibatch_rounds: int = 256
-    vf_coef: float = 0.5
-    ent_coef: float = 0.003
-    max_grad_norm: float = 0.5
-    target_kl: float = 0.05
 
 
 @dataclass

@@ -10,76 +10,45 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.learned.checkpoint import CheckpointError, load_checkpoint, read_payload, save_checkpoint
-from agents.learned.collect import Collector
-from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.acting import ActingOptions
-from agents.learned.ppo import PPOConfig, build_samples, imitation_update, ppo_update
+from agents.learned.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agents.learned.collect import Collector, Episode, play_episode
+from agents.learned.config import TrainConfig
+from agents.learned.model import TapFingerNet
+from agents.learned.ppo import build_samples, imitation_update, ppo_update
 from tapfinger.sim.scenario import Scenario
 
 EVAL_SEED_START = 900  # evaluation seeds during training; `tapfinger evaluate` defaults to >= 1000
-
-
-@dataclass
-class TrainConfig:
-    scenario: str
-    run_dir: str
-    device: str = "cpu"
-    envs: int = 2
-    total_steps: int = 100_000  # environment rounds
-    seed: int = 0
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    encoder: str = "graph"
-    multi_task: bool = False
-    bayes: bool = True
-    imitate: str = ""  # heuristic to imitate first ("" = none)
-    imitation_episodes: int = 0
-    imitation_epochs: int = 10
-    dagger_rounds: int = 0  # after cloning: rounds of learner-visited states labelled by the teacher
-    reward_scale: float = 0.05
-    eval_every: int = 5  # iterations
-    eval_seeds: int = 5
-    eval_heuristic: str = "greedy"
-    checkpoint_every: int = 1  # iterations
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-
-    def model_config(self, scenario: Scenario) -> ModelConfig:
-        return ModelConfig.for_scenario(scenario, hidden=self.hidden, layers=self.layers, heads=self.heads,
-                                        encoder=self.encoder)
-
-    def acting(self) -> dict:
-        return asdict(ActingOptions(multi_task=self.multi_task, bayes=self.bayes))
-
-    def hparam_table(self) -> str:
-        flat = {k: v for k, v in asdict(self).items() if k != "ppo"}
-        flat.update({f"ppo.{k}": v for k, v in asdict(self.ppo).items()})
-        return "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items())
 
 
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state()}
 
 
-def evaluate_policy(scenario: Scenario, net: TapFingerNet, acting: dict, seeds: list[int]) -> float:
-    from agents.learned.collect import play_episode
+@dataclass
+class EvalResult:
+    avg_jct: float  # mean over the seeds of each episode's avg JCT of finished tasks
+    unfinished: int  # tasks left unfinished, all seeds together (never averaged in)
+
+
+def evaluate_policy(scenario: Scenario, net: TapFingerNet, acting: ActingOptions, seeds: list[int]) -> EvalResult:
+    """The network's greedy actions on `seeds`, measured as `tapfinger evaluate` measures."""
     from agents.learned.policy import Planner
 
-    planner = Planner(net, scenario, ActingOptions(**acting))
+    planner = Planner(net, scenario, acting)
     g = torch.Generator()
-    jcts = []
+    episodes = []
     for s in seeds:
         g.manual_seed(s)
-        jcts.append(play_episode(scenario, planner, s, g, deterministic=True).avg_jct)
-    return float(np.mean(jcts))
+        episodes.append(play_episode(scenario, planner, s, g, deterministic=True))
+    return EvalResult(float(np.mean([e.avg_jct for e in episodes])), sum(e.unfinished for e in episodes))
 
 
 def heuristic_avg_jct(scenario: Scenario, name: str, seeds: list[int]) -> float:
@@ -92,7 +61,7 @@ def heuristic_avg_jct(scenario: Scenario, name: str, seeds: list[int]) -> float:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, scenario: Scenario, resume: bool = False, progress: bool = True):
-        self.cfg = cfg
+        self.cfg = cfg.validate()
         self.scenario = scenario
         self.run_dir = Path(cfg.run_dir)
         self.device = torch.device(cfg.device)
@@ -123,9 +92,10 @@ class Trainer:
                                   f"there, or give the run folder of an earlier `tapfinger train`.")
         ckpt = load_checkpoint(self.ckpt_path, self.scenario, expect_config=self.model_cfg)
         payload = ckpt.payload
-        if payload.get("acting") != self.cfg.acting():
+        if payload.get("acting") != self.cfg.acting_dict():
             raise CheckpointError(f"{self.ckpt_path} was trained with acting options {payload.get('acting')}, "
-                                  f"not {self.cfg.acting()}. Fix: use the same --multi-task/--no-bayes flags.")
+                                  f"not {self.cfg.acting_dict()}. Fix: use the same --multi-task/--no-bayes/"
+                                  f"--max-sequence/--no-pointer flags as that run.")
         self.net.load_state_dict(ckpt.net.state_dict())
         self.optimizer.load_state_dict(payload["optimizer_state"])
         self.iteration = int(payload["iteration"])
@@ -136,7 +106,7 @@ class Trainer:
         torch.set_rng_state(payload["rng"]["torch"])
 
     def save(self, path: Path | None = None) -> None:
-        save_checkpoint(path or self.ckpt_path, net=self.net, scenario=self.scenario, acting=self.cfg.acting(),
+        save_checkpoint(path or self.ckpt_path, net=self.net, scenario=self.scenario, acting=self.cfg.acting_dict(),
                         step=self.steps, extra={"optimizer_state": self.optimizer.state_dict(),
                                                 "iteration": self.iteration, "rng": _rng_state(),
                                                 "imitation_done": self.imitation_done,
@@ -148,7 +118,7 @@ class Trainer:
     def _jobs(self, n: int, seed_base: int, teacher: str = "", learner_acts: bool = False) -> list[tuple]:
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         cfg = self.model_cfg.to_dict()
-        return [(self.scenario, cfg, state, self.cfg.acting(), seed_base + e,
+        return [(self.scenario, cfg, state, self.cfg.acting_dict(), seed_base + e,
                  (self.cfg.seed * 1_000_003 + seed_base + e) % (2**31), self.cfg.reward_scale, teacher, learner_acts)
                 for e in range(n)]
 
@@ -159,52 +129,16 @@ class Trainer:
         if self.iteration == 0 and not self.imitation_done:
             writer.add_text("hyperparameters", self.cfg.hparam_table())
         collector = Collector(self.cfg.envs)
-        eval_seeds = list(range(EVAL_SEED_START, EVAL_SEED_START + self.cfg.eval_seeds))
-        baseline = None
         try:
             if self.cfg.imitate and not self.imitation_done:
                 self._imitate(collector, writer, log)
             bar = tqdm(total=self.cfg.total_steps, initial=min(self.steps, self.cfg.total_steps), unit="step",
                        desc=f"train {self.scenario.name}", disable=not self.progress)
+            evaluator = _PeriodicEvaluation(self, writer, bar)
             while self.steps < self.cfg.total_steps:
-                t0 = time.perf_counter()
-                # Training episodes use seeds from 10_000 up: never the evaluation seeds (< 10_000).
-                seed_base = 10_000 + self.iteration * self.cfg.envs + self.cfg.seed * 1_000_000
-                episodes = collector.run(self._jobs(self.cfg.envs, seed_base))
-                rounds = sum(e.num_rounds for e in episodes)
-                samples = build_samples(episodes, self.cfg.ppo.gamma, self.cfg.ppo.gae_lambda)
-                t1 = time.perf_counter()
-                self.net.train()
-                stats = ppo_update(self.net, self.optimizer, samples, episodes, self.cfg.ppo,
-                                   np.random.default_rng([self.cfg.seed, self.iteration]), self.device)
-                self.net.eval()
-                t2 = time.perf_counter()
-                self.iteration += 1
-                self.steps += rounds
-                bar.update(rounds)
-                writer.add_scalar("charts/episodic_return", float(np.mean([e.episodic_return for e in episodes])),
-                                  self.steps)
-                writer.add_scalar("charts/avg_jct", float(np.mean([e.avg_jct for e in episodes])), self.steps)
-                writer.add_scalar("charts/SPS", rounds / (t2 - t0), self.steps)
-                writer.add_scalar("charts/updates_per_s", 1.0 / max(t2 - t1, 1e-9), self.steps)
-                for k, v in stats.items():
-                    writer.add_scalar(f"losses/{k}", v, self.steps)
-                entry = {"iteration": self.iteration, "step": self.steps,
-                         "train_avg_jct": float(np.mean([e.avg_jct for e in episodes])),
-                         "sps": rounds / (t2 - t0), "collect_s": t1 - t0, "update_s": t2 - t1,
-                         "wall": time.time(), **stats}
+                entry = self._ppo_iteration(collector, writer, bar)
                 if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
-                    if baseline is None:
-                        baseline = heuristic_avg_jct(self.scenario, self.cfg.eval_heuristic, eval_seeds)
-                    ev = evaluate_policy(self.scenario, self.net.cpu(), self.cfg.acting(), eval_seeds)
-                    self.net.to(self.device)
-                    writer.add_scalar("eval/avg_jct", ev, self.steps)
-                    writer.add_scalar(f"eval/avg_jct_{self.cfg.eval_heuristic}", baseline, self.steps)
-                    entry["eval_avg_jct"] = ev
-                    if ev < min((h.get("eval_avg_jct", np.inf) for h in self.history), default=np.inf):
-                        self.save(self.run_dir / "best.pt")  # the best evaluation so far, for shipping
-                    entry[f"eval_avg_jct_{self.cfg.eval_heuristic}"] = baseline
-                    bar.set_postfix(eval_jct=f"{ev:.3f}", **{self.cfg.eval_heuristic: f"{baseline:.3f}"})
+                    entry.update(evaluator.run())
                 self.history.append(entry)
                 if self.iteration % self.cfg.checkpoint_every == 0 or self.steps >= self.cfg.total_steps:
                     self.save()
@@ -214,6 +148,37 @@ class Trainer:
             writer.close()
         self.save()
         return {"iterations": self.iteration, "steps": self.steps, "history": self.history}
+
+    def _ppo_iteration(self, collector: Collector, writer, bar) -> dict:
+        """Collect `envs` episodes, one PPO update; returns the iteration's history entry."""
+        t0 = time.perf_counter()
+        # Training episodes use seeds from 10_000 up: never the evaluation seeds (< 10_000).
+        seed_base = 10_000 + self.iteration * self.cfg.envs + self.cfg.seed * 1_000_000
+        episodes = collector.run(self._jobs(self.cfg.envs, seed_base))
+        rounds = sum(e.num_rounds for e in episodes)
+        samples = build_samples(episodes, self.cfg.ppo.gamma, self.cfg.ppo.gae_lambda)
+        t1 = time.perf_counter()
+        self.net.train()
+        stats = ppo_update(self.net, self.optimizer, samples, episodes, self.cfg.ppo,
+                           np.random.default_rng([self.cfg.seed, self.iteration]), self.device)
+        self.net.eval()
+        t2 = time.perf_counter()
+        self.iteration += 1
+        self.steps += rounds
+        bar.update(rounds)
+        avg_jct, unfinished = _episode_quality(episodes)
+        writer.add_scalar("charts/episodic_return", float(np.mean([e.episodic_return for e in episodes])),
+                          self.steps)
+        writer.add_scalar("charts/avg_jct", avg_jct, self.steps)
+        if unfinished:
+            writer.add_scalar("charts/unfinished_tasks", unfinished, self.steps)
+        writer.add_scalar("charts/SPS", rounds / (t2 - t0), self.steps)
+        writer.add_scalar("charts/updates_per_s", 1.0 / max(t2 - t1, 1e-9), self.steps)
+        for k, v in stats.items():
+            writer.add_scalar(f"losses/{k}", v, self.steps)
+        return {"iteration": self.iteration, "step": self.steps, "train_avg_jct": avg_jct,
+                "unfinished_tasks": unfinished, "sps": rounds / (t2 - t0), "collect_s": t1 - t0,
+                "update_s": t2 - t1, "wall": time.time(), **stats}
 
     def _imitate(self, collector: Collector, writer, log) -> None:
         """Behaviour cloning of the teacher, then DAgger: the learner plays, the teacher labels the
@@ -227,8 +192,10 @@ class Trainer:
             if k:
                 new = collector.run(self._jobs(max(1, n // 2), seed_base + 100_000 * k, teacher=self.cfg.imitate,
                                                learner_acts=True))
-                log(f"DAgger round {k}: learner avg JCT {np.mean([e.avg_jct for e in new]):.3f}")
-                writer.add_scalar("imitation/learner_avg_jct", float(np.mean([e.avg_jct for e in new])), k)
+                avg_jct, unfinished = _episode_quality(new)
+                left = f" ({unfinished} tasks unfinished)" if unfinished else ""
+                log(f"DAgger round {k}: learner avg JCT {avg_jct:.3f}{left}")
+                writer.add_scalar("imitation/learner_avg_jct", avg_jct, k)
                 episodes = episodes + new
             samples = build_samples(episodes, self.cfg.ppo.gamma, 1.0)  # values 0: Monte-Carlo returns
             epochs = self.cfg.imitation_epochs if k == 0 else max(2, self.cfg.imitation_epochs // 3)
@@ -243,13 +210,32 @@ class Trainer:
         self.save()
 
 
-def export_policy_checkpoint(run_checkpoint: Path, out: Path, eval_results: dict | None = None) -> Path:
-    """A small shippable checkpoint: weights and metadata, without optimiser state."""
-    payload = read_payload(run_checkpoint)
-    slim = {k: v for k, v in payload.items() if k not in ("optimizer_state", "rng", "history")}
-    if eval_results is not None:
-        slim["evaluation"] = json.dumps(eval_results)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(slim, tmp)
-    tmp.replace(out)
-    return out
+def _episode_quality(episodes: list[Episode]) -> tuple[float, int]:
+    """Mean avg JCT (finished tasks, as `tapfinger evaluate`) and the unfinished tasks in all."""
+    return float(np.mean([e.avg_jct for e in episodes])), int(sum(e.unfinished for e in episodes))
+
+
+class _PeriodicEvaluation:
+    """The network's greedy play on the evaluation seeds against `eval_heuristic` on the same seeds
+    (the heuristic's number is computed once per `train()`); keeps `best.pt`."""
+
+    def __init__(self, trainer: Trainer, writer, bar):
+        self.trainer, self.writer, self.bar = trainer, writer, bar
+        self.seeds = list(range(EVAL_SEED_START, EVAL_SEED_START + trainer.cfg.eval_seeds))
+        self.baseline: float | None = None
+
+    def run(self) -> dict:
+        t, cfg, writer = self.trainer, self.trainer.cfg, self.writer
+        if self.baseline is None:
+            self.baseline = heuristic_avg_jct(t.scenario, cfg.eval_heuristic, self.seeds)
+        ev = evaluate_policy(t.scenario, t.net.cpu(), cfg.acting, self.seeds)
+        t.net.to(t.device)
+        writer.add_scalar("eval/avg_jct", ev.avg_jct, t.steps)
+        writer.add_scalar(f"eval/avg_jct_{cfg.eval_heuristic}", self.baseline, t.steps)
+        if ev.unfinished:
+            writer.add_scalar("eval/unfinished_tasks", ev.unfinished, t.steps)
+        if ev.avg_jct < min((h.get("eval_avg_jct", np.inf) for h in t.history), default=np.inf):
+            t.save(t.run_dir / "best.pt")  # the best evaluation so far, for shipping
+        self.bar.set_postfix(eval_jct=f"{ev.avg_jct:.3f}", **{cfg.eval_heuristic: f"{self.baseline:.3f}"})
+        return {"eval_avg_jct": ev.avg_jct, "eval_unfinished_tasks": ev.unfinished,
+                f"eval_avg_jct_{cfg.eval_heuristic}": self.baseline}

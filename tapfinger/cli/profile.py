@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tapfinger.testbed.profiler import ProfileRequest, parse_int_list, parse_models, run_profile, sidecar_path
+    # Imported here, not at the top: `tapfinger --help` should not load the profiler.
+    from tapfinger.testbed.profile_files import sidecar_path
+    from tapfinger.testbed.profiler import ProfileRequest, parse_int_list, parse_models, run_profile
 
     req = ProfileRequest(
         models=parse_models(args.models),

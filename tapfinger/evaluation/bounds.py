@@ -12,9 +12,10 @@ progress of one allocation dominates every other allocation's at every progress 
 scales a slot's progress by `switch_weight` <= 1, a pause makes none, and p + Δp(p) is
 non-decreasing in p (W <= 2·sqrt(0.2)), so being behind never helps to catch up.
 
-Slot counts are computed with exactly the engine's float operations (`Engine._progress`: the
-same formula, the same order, division by the task's work, finish at p >= 1 - FINISH_EPS), so a
-task that the engine finishes in d slots gets d here, never d ± 1 from rounding.
+Slot counts are computed with exactly the engine's float operations: both use
+`tapfinger.sim.progress.progress_step` and `finished` (the slot table is
+`tapfinger.sim.speed.slot_table`), so a task that the engine finishes in d slots gets d here,
+never d ± 1 from rounding.
 """
 
 from __future__ import annotations
@@ -23,53 +24,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from tapfinger.sim.engine import FINISH_EPS
-from tapfinger.sim.tables import static_tables
-from tapfinger.sim.progress import SQRT_OFFSET
+from tapfinger.sim.progress import NEVER
 from tapfinger.sim.scenario import Scenario
+from tapfinger.sim.speed import slot_table
+from tapfinger.sim.tables import static_tables
 from tapfinger.sim.workload import Workload
-
-# Slot count of an allocation that never finishes (below the minimum, or zero progress).
-NEVER = np.iinfo(np.int64).max // 4
-# A task that needs more slots than this alone is treated as never finishing (guards the loop).
-SLOT_LIMIT = 1_000_000
-
-
-@lru_cache(maxsize=256)
-def _slot_table(scenario: Scenario, work: float) -> np.ndarray:
-    st = static_tables(scenario)
-    K, C1, G1 = st.weight.shape
-    c = np.arange(C1)[None, :, None]
-    g = np.arange(G1)[None, None, :]
-    at_min = (c >= st.type_min[:, st.cpu][:, None, None]) & (g >= st.type_min[:, st.gpu][:, None, None])
-    weight, base = st.weight, st.base
-    slots = np.full((K, C1, G1), NEVER, dtype=np.int64)
-    # Cells with W = B = 0 would loop forever; cells below the minimum make no progress.
-    active = at_min & ((weight > 0) | (base > 0))
-    p = np.zeros((K, C1, G1))
-    w_act, b_act = weight[active], base[active]
-    p_act = p[active]
-    idx = np.flatnonzero(active)
-    n = 0
-    while idx.size and n < SLOT_LIMIT:
-        n += 1
-        # Same expression and evaluation order as Engine._progress.
-        dp = w_act * np.sqrt(np.maximum(SQRT_OFFSET - p_act, 0.0)) + b_act
-        dp = dp / np.float64(work)
-        p_act = p_act + dp
-        done = p_act >= 1.0 - FINISH_EPS
-        if done.any():
-            slots.flat[idx[done]] = n
-            keep = ~done
-            idx, w_act, b_act, p_act = idx[keep], w_act[keep], b_act[keep], p_act[keep]
-    slots.setflags(write=False)
-    return slots
-
-
-def slot_table(scenario: Scenario, work: float = 1.0) -> np.ndarray:
-    """[K, C+1, G+1] slots a task of each type (and this work) needs alone at a fixed (cpu, gpu)
-    allocation, as the engine counts them; NEVER below the minimum. Cached per (scenario, work)."""
-    return _slot_table(scenario, float(work))
 
 
 def alloc_range(scenario: Scenario, type_index: int, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -86,7 +45,7 @@ def alloc_range(scenario: Scenario, type_index: int, capacity: np.ndarray) -> tu
 @lru_cache(maxsize=256)
 def _best_per_node(scenario: Scenario, work: float) -> np.ndarray:
     st = static_tables(scenario)
-    table = _slot_table(scenario, work)
+    table = slot_table(scenario, work)
     K, num_nodes = st.type_min.shape[0], st.node_capacity.shape[0]
     best = np.full((K, num_nodes), NEVER, dtype=np.int64)
     # Nodes of equal capacity share the answer; there are few distinct capacities.

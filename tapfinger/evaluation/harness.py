@@ -25,8 +25,10 @@ import datetime as _dt
 import json
 import multiprocessing as mp
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -35,11 +37,15 @@ from tapfinger import __version__
 from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, summary
 from tapfinger.sim.scenario import Scenario
 
-LEARNED_PREFIXES = ("tapfinger", "onnx:", "pt2:")
+if TYPE_CHECKING:
+    from agents.base import Policy
 
 
 def is_heuristic(name: str) -> bool:
-    return not name.startswith(LEARNED_PREFIXES)
+    """Whether a policy name builds a heuristic (its class says so; learned classes import torch)."""
+    from agents.registry import policy_class
+
+    return not policy_class(name).learned
 
 
 @dataclass
@@ -54,17 +60,13 @@ class EvalConfig:
 
 def _run_job(job: tuple[Scenario, str, int, dict]) -> tuple[str, EpisodeMetrics, float]:
     # Worker processes import lazily: a heuristic-only evaluation never imports torch.
-    from agents.registry import make_policy
     from tapfinger.evaluation.bounds import lower_bound
     from tapfinger.sim.engine import Engine
     from envs.episode import run_episode
 
     scenario, name, seed, options = job
-    key = (name, scenario.name, repr(sorted(options.items())))
-    policy = _policy_cache.get(key)
-    if policy is None:
-        policy = make_policy(name, scenario, seed=seed, **options)
-        _policy_cache[key] = policy
+    policy = _cached_policy(scenario, name, seed, options)
+    _threads.limit()  # after building the policy: that may be what imported torch
     engine = Engine(scenario)
     result = run_episode(scenario, policy, seed, engine=engine)
     metrics = episode_metrics(result, scenario.resources, engine.static.node_capacity.sum(axis=0))
@@ -72,18 +74,54 @@ def _run_job(job: tuple[Scenario, str, int, dict]) -> tuple[str, EpisodeMetrics,
     return name, metrics, bound
 
 
-_policy_cache: dict = {}
+# Policies built in this process, reused across episodes (a learned one loads its checkpoint once;
+# `reset(seed)` makes each episode independent of the previous ones). Keyed by the scenario
+# itself, not its name: two scenarios may share a name and differ in what a policy depends on.
+_policy_cache: dict[tuple, Policy] = {}
+
+
+def _cached_policy(scenario: Scenario, name: str, seed: int, options: dict) -> Policy:
+    from agents.registry import make_policy
+
+    key = (scenario, name, repr(sorted(options.items())))
+    policy = _policy_cache.get(key)
+    if policy is None:
+        policy = make_policy(name, scenario, seed=seed, **options)
+        _policy_cache[key] = policy
+    return policy
+
+
+class _TorchThreads:
+    """One torch thread while evaluating (the workers are the parallelism, and in-process torch's
+    threads contend on a small machine), and the count torch had before back afterwards.
+
+    Torch is never imported for this (a heuristic-only evaluation must not import it): the limit
+    applies once a policy has imported it, and the count torch had then is what `restore` puts back.
+    """
+
+    def __init__(self) -> None:
+        self.saved: int | None = None
+
+    def limit(self) -> None:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        if self.saved is None:
+            self.saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            sys.modules["torch"].set_num_threads(self.saved)
+            self.saved = None
+
+
+_threads = _TorchThreads()
 
 
 def _init_worker() -> None:
-    # One BLAS/torch thread per worker: the workers are the parallelism.
+    # A worker process: one BLAS/OpenMP thread for anything loaded from here on.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
 def run_evaluation(cfg: EvalConfig) -> dict:
@@ -100,12 +138,14 @@ def run_evaluation(cfg: EvalConfig) -> dict:
                 bounds[m.seed] = b
                 bar.update()
     else:
-        _init_worker()  # one thread in-process too: on a small machine torch's threads contend
-        for job in jobs:
-            name, m, b = _run_job(job)
-            per_policy[name][m.seed] = m
-            bounds[m.seed] = b
-            bar.update()
+        try:  # in-process: the caller's environment is left alone, its torch thread count restored
+            for job in jobs:
+                name, m, b = _run_job(job)
+                per_policy[name][m.seed] = m
+                bounds[m.seed] = b
+                bar.update()
+        finally:
+            _threads.restore()
     bar.close()
     return summarise(cfg, per_policy, bounds)
 

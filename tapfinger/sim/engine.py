@@ -20,14 +20,12 @@ from __future__ import annotations
 from collections import deque
 import numpy as np
 
-from tapfinger.sim.progress import SQRT_OFFSET
+from tapfinger.sim.progress import finished, progress_step
 from tapfinger.sim.scenario import Scenario
 from tapfinger.sim.tables import static_tables
 from tapfinger.sim.workload import Workload, make_workload
 
 WAITING_NOT_ARRIVED, WAITING, RUNNING, FINISHED = 0, 1, 2, 3
-# Progress is accumulated in floating point; a task whose exact progress is 1 must finish.
-FINISH_EPS = 1e-9
 
 
 class InvalidActionError(ValueError):
@@ -76,7 +74,6 @@ class Engine:
         self.prev_alloc = np.zeros((T + 1, self.R), dtype=np.int64)
         self.first_alloc = np.zeros((T + 1, self.R), dtype=np.int64)
         self.progress = np.zeros(T + 1)
-        self.attained = np.zeros(T + 1)  # GPU-slots received so far (Tiresias' attained service)
         self.switches = np.zeros(T + 1, dtype=np.int64)
         self.node_free = self.static.node_capacity.copy()
         self.window = np.full((self.N, self.W), self.empty, dtype=np.int64)
@@ -251,8 +248,7 @@ class Engine:
         c = np.minimum(alloc[:, st.cpu], st.grid_max[st.cpu])
         g = np.minimum(alloc[:, st.gpu], st.grid_max[st.gpu])
         p = self.progress[ids]
-        dp = st.weight[ttype, c, g] * np.sqrt(np.maximum(SQRT_OFFSET - p, 0.0)) + st.base[ttype, c, g]
-        dp = dp / self.work[ids]
+        dp = progress_step(st.weight[ttype, c, g], st.base[ttype, c, g], p, self.work[ids])
         dp[(alloc < st.type_min[ttype]).any(axis=1)] = 0.0  # below minimum: no progress
         # Only a task present at the previous slot end can have switched: one started in this
         # slot and re-allocated in a later round of it has no previous allocation to differ from.
@@ -261,8 +257,7 @@ class Engine:
         self.switches[ids[switched]] += 1
         self.progress[ids] = p + dp
         self.prev_alloc[ids] = alloc
-        self.attained[ids] += g
-        done = ids[self.progress[ids] >= 1.0 - FINISH_EPS]
+        done = ids[finished(self.progress[ids])]
         for t in done:
             self._finish(int(t))
 

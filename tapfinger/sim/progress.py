@@ -7,6 +7,10 @@ Every model is reduced to two tables indexed by the (cpu, gpu) allocation,
 which covers both the paper's synthetic formula (W = tanh(g / s), B = base) and measured
 profiles (W = 0, B = slot / (T(c, g) + start-up)). Tables keep the simulator's hot path a
 pair of numpy gathers; the minimum-requirement check is applied by the engine.
+
+The one-slot step (`progress_step`), the finish test (`finished`) and the slot count under a
+fixed allocation (`slots_to_finish`) live here and nowhere else: the engine, the lower bound,
+the exact optimum and the heuristics' predictions all count with them, so they agree to the bit.
 """
 
 from __future__ import annotations
@@ -20,6 +24,17 @@ import numpy as np
 
 # Shape constant of the paper's synthetic model: Δp = w · sqrt(1.2 − p) + base.
 SQRT_OFFSET = 1.2
+# Progress is accumulated in floating point; a task whose exact progress is 1 must finish.
+FINISH_EPS = 1e-9
+# Slot count that stands for "never finishes" (an allocation below the minimum, or no speed).
+# Large enough that no real count reaches it, small enough that a few of them add up in int64.
+NEVER = int(np.iinfo(np.int64).max // 4)
+# A task that needs more slots than this alone is counted as never finishing (bounds the loops).
+SLOT_LIMIT = 1_000_000
+
+
+# What the progress functions take: one value or a numpy array of them (broadcast together).
+Values = np.ndarray | float
 
 
 class ProfileError(ValueError):
@@ -140,12 +155,66 @@ def profile_tables(table: ProfileTable, task: str, minimum_cpu: int, minimum_gpu
     return weight, rate
 
 
-def slots_to_finish(weight: float, base: float, work: float = 1.0, limit: int = 100_000) -> int:
-    """Number of slots a task needs when it runs alone with a fixed allocation (inf-safe)."""
+def progress_step(weight: Values, base: Values, progress: Values, work: Values = 1.0) -> Values:
+    """Δp of one slot: (W · sqrt(max(1.2 − p, 0)) + B) / work, for numpy arrays or scalars.
+
+    Both forms do the same IEEE operations in the same order (sqrt is correctly rounded in
+    `math` and numpy alike), so a prediction made with scalars equals the engine's array
+    update to the bit.
+    """
+    if any(isinstance(x, np.ndarray) for x in (weight, base, progress, work)):
+        return (weight * np.sqrt(np.maximum(SQRT_OFFSET - progress, 0.0)) + base) / work
+    return _scalar_step(weight, base, progress, work)
+
+
+def _scalar_step(weight: float, base: float, progress: float, work: float) -> float:
+    # `progress_step` of plain floats: `math`, since numpy's per-call overhead would dominate the
+    # heuristics' per-task loops (`slots_to_finish` calls it once per slot it counts).
+    return (weight * math.sqrt(max(SQRT_OFFSET - progress, 0.0)) + base) / work
+
+
+def finished(progress: Values) -> Values:
+    """Whether a task at `progress` (array or scalar) has finished: p >= 1 − FINISH_EPS."""
+    return progress >= 1.0 - FINISH_EPS
+
+
+def slots_to_finish(weight: Values, base: Values, work: Values = 1.0, progress: Values = 0.0) -> int | np.ndarray:
+    """Slots a task at `progress` needs to finish when it keeps the allocation whose tables give
+    (weight, base), counted with the engine's update (`progress_step`, `finished`): 0 if it has
+    finished already, NEVER if it makes no progress or needs more than SLOT_LIMIT slots.
+
+    Scalars give an int; arrays (broadcast together) give an int64 array of the counts.
+    """
+    if any(isinstance(x, np.ndarray) for x in (weight, base, work, progress)):
+        return _slots_to_finish_array(weight, base, work, progress)
     if weight <= 0 and base <= 0:
-        return limit
-    p, n = 0.0, 0
-    while p < 1.0 and n < limit:
-        p += (weight * math.sqrt(max(SQRT_OFFSET - p, 0.0)) + base) / work
+        return NEVER
+    # Plain floats compute the same IEEE doubles as numpy's float64 scalars, only faster.
+    w, b, d, p = float(weight), float(base), float(work), float(progress)
+    n = 0
+    while not finished(p):
+        if n >= SLOT_LIMIT:
+            return NEVER
+        p = p + _scalar_step(w, b, p, d)
         n += 1
     return n
+
+
+def _slots_to_finish_array(weight: Values, base: Values, work: Values, progress: Values) -> np.ndarray:
+    weight, base, work, progress = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64)
+                                                         for x in (weight, base, work, progress)))
+    slots = np.full(weight.shape, NEVER, dtype=np.int64)
+    moving = (weight > 0) | (base > 0)  # the others would loop forever
+    slots[moving & finished(progress)] = 0
+    idx = np.flatnonzero(moving & ~finished(progress))
+    w, b, d, p = (x.reshape(-1)[idx] for x in (weight, base, work, progress))
+    n = 0
+    while idx.size and n < SLOT_LIMIT:
+        n += 1
+        p = p + progress_step(w, b, p, d)
+        done = finished(p)
+        if done.any():
+            slots.flat[idx[done]] = n
+            keep = ~done
+            idx, w, b, d, p = idx[keep], w[keep], b[keep], d[keep], p[keep]
+    return slots

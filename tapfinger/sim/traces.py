@@ -101,24 +101,9 @@ def _number(path: Path, line: int, column: str, text: str, fix: str) -> float:
 def read_trace(path: str | Path, task_types: Sequence[str] | None = None) -> Trace:
     """Read and validate a trace file; with `task_types`, every row's type must be one of them."""
     path = Path(path)
-    if not path.is_file():
-        raise _fail(path, None, None, "file not found",
-                    "check the path (a scenario's `arrivals.trace` is relative to the scenario file; "
-                    "`package:` and `shared:` prefixes name packaged and shared data)")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise _fail(path, None, None, "is not a text file", "give a CSV text file") from None
-    header: list[str] | None = None
-    header_line = 0
-    cols: dict[str, int] = {}
-    arrivals: list[float] = []
-    types: list[str] = []
-    works: list[float] = []
-    deadlines: list[float] = []
+    rows = _Rows(path, task_types)
     comments: list[str] = []
-    known = set(task_types) if task_types is not None else None
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(_read_text(path).splitlines(), start=1):
         stripped = raw.strip()
         if not stripped:
             continue
@@ -126,56 +111,113 @@ def read_trace(path: str | Path, task_types: Sequence[str] | None = None) -> Tra
             comments.append(stripped[1:].strip())
             continue
         cells = [c.strip() for c in next(csv.reader([raw]))]
-        if header is None:
-            header, header_line = _check_header(path, lineno, cells), lineno
-            cols = {name: i for i, name in enumerate(header)}
-            continue
-        if len(cells) != len(header):
-            raise _fail(path, lineno, None, f"{len(cells)} cells, but the header (line {header_line}) has "
-                        f"{len(header)} columns {header}",
+        if rows.header is None:
+            rows.set_header(lineno, _check_header(path, lineno, cells))
+        else:
+            rows.add(lineno, cells)
+    return rows.trace(tuple(comments))
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise _fail(path, None, None, "file not found",
+                    "check the path (a scenario's `arrivals.trace` is relative to the scenario file; "
+                    "`package:` and `shared:` prefixes name packaged and shared data)")
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise _fail(path, None, None, "is not a text file", "give a CSV text file") from None
+
+
+class _Rows:
+    """The task rows of one trace file, validated cell by cell as they are read."""
+
+    def __init__(self, path: Path, task_types: Sequence[str] | None):
+        self.path = path
+        self.task_types = task_types
+        self.known = set(task_types) if task_types is not None else None
+        self.header: list[str] | None = None
+        self.header_line = 0
+        self.cols: dict[str, int] = {}
+        self.arrivals: list[float] = []
+        self.types: list[str] = []
+        self.works: list[float] = []
+        self.deadlines: list[float] = []
+
+    def set_header(self, lineno: int, names: list[str]) -> None:
+        self.header, self.header_line = names, lineno
+        self.cols = {name: i for i, name in enumerate(names)}
+
+    def add(self, lineno: int, cells: list[str]) -> None:
+        assert self.header is not None
+        if len(cells) != len(self.header):
+            raise _fail(self.path, lineno, None, f"{len(cells)} cells, but the header (line {self.header_line}) "
+                        f"has {len(self.header)} columns {self.header}",
                         "give every row one cell per header column (leave optional cells empty)")
-        t = _number(path, lineno, "arrival_seconds", cells[cols["arrival_seconds"]],
-                    "write the arrival time in seconds, e.g. 12.5")
+        # Checked in column order, so the first bad cell of a row is the one reported.
+        t = self._arrival(lineno, cells[self.cols["arrival_seconds"]])
+        name = self._task_type(lineno, cells[self.cols["task_type"]])
+        w = self._work(lineno, self._cell(cells, "work"))
+        d = self._deadline(lineno, self._cell(cells, "deadline_seconds"), t)
+        self.arrivals.append(t)
+        self.types.append(name)
+        self.works.append(w)
+        self.deadlines.append(d)
+
+    def _cell(self, cells: list[str], column: str) -> str:
+        """An optional column's cell ("" when the file has no such column)."""
+        return cells[self.cols[column]] if column in self.cols else ""
+
+    def _arrival(self, lineno: int, text: str) -> float:
+        t = _number(self.path, lineno, "arrival_seconds", text, "write the arrival time in seconds, e.g. 12.5")
         if t < 0:
-            raise _fail(path, lineno, "arrival_seconds", f"negative time {t:g}",
+            raise _fail(self.path, lineno, "arrival_seconds", f"negative time {t:g}",
                         "arrival times count seconds from the start of the episode, from 0 on")
-        if arrivals and t < arrivals[-1]:
-            raise _fail(path, lineno, "arrival_seconds", f"time {t:g} is earlier than the previous row's "
-                        f"{arrivals[-1]:g}; rows must be sorted by arrival time",
+        if self.arrivals and t < self.arrivals[-1]:
+            raise _fail(self.path, lineno, "arrival_seconds", f"time {t:g} is earlier than the previous row's "
+                        f"{self.arrivals[-1]:g}; rows must be sorted by arrival time",
                         "sort the rows by arrival_seconds (e.g. `sort -t, -k1,1g`), keeping the header first")
-        name = cells[cols["task_type"]]
+        return t
+
+    def _task_type(self, lineno: int, name: str) -> str:
         if not name:
-            raise _fail(path, lineno, "task_type", "is empty", "name one of the scenario's task types")
-        if known is not None and name not in known:
-            raise _fail(path, lineno, "task_type", f"unknown task type {name!r}",
-                        f"use one of the scenario's task types ({', '.join(task_types)}), or add a "
+            raise _fail(self.path, lineno, "task_type", "is empty", "name one of the scenario's task types")
+        if self.known is not None and name not in self.known:
+            raise _fail(self.path, lineno, "task_type", f"unknown task type {name!r}",
+                        f"use one of the scenario's task types ({', '.join(self.task_types)}), or add a "
                         f"[[task_types]] table named {name!r} to the scenario")
-        w = 1.0
-        if "work" in cols and cells[cols["work"]]:
-            w = _number(path, lineno, "work", cells[cols["work"]],
-                        "write the amount of work as a number (1 = as profiled), or leave it empty for 1")
-            if w <= 0:
-                raise _fail(path, lineno, "work", f"must be > 0, got {w:g}",
-                            "give a positive amount of work (1 = as profiled), or drop the row")
-        d = math.nan
-        if "deadline_seconds" in cols and cells[cols["deadline_seconds"]]:
-            d = _number(path, lineno, "deadline_seconds", cells[cols["deadline_seconds"]],
-                        "write the deadline in seconds on the arrivals' clock, or leave it empty for none")
-            if d < t:
-                raise _fail(path, lineno, "deadline_seconds", f"deadline {d:g} is before the arrival {t:g}",
-                            "give the absolute time by which the task should finish (>= arrival_seconds), "
-                            "or leave it empty for none")
-        arrivals.append(t)
-        types.append(name)
-        works.append(w)
-        deadlines.append(d)
-    if header is None:
-        raise _fail(path, None, None, "is empty (no header, no rows)",
-                    f"start it with the header {','.join(TRACE_COLUMNS)} and add one row per task")
-    if not types:
-        raise _fail(path, None, None, "has a header but no task rows", "add one row per task")
-    return Trace(np.asarray(arrivals, dtype=np.float64), tuple(types), np.asarray(works, dtype=np.float64),
-                 np.asarray(deadlines, dtype=np.float64), tuple(comments))
+        return name
+
+    def _work(self, lineno: int, text: str) -> float:
+        if not text:
+            return 1.0
+        w = _number(self.path, lineno, "work", text,
+                    "write the amount of work as a number (1 = as profiled), or leave it empty for 1")
+        if w <= 0:
+            raise _fail(self.path, lineno, "work", f"must be > 0, got {w:g}",
+                        "give a positive amount of work (1 = as profiled), or drop the row")
+        return w
+
+    def _deadline(self, lineno: int, text: str, arrival: float) -> float:
+        if not text:
+            return math.nan
+        d = _number(self.path, lineno, "deadline_seconds", text,
+                    "write the deadline in seconds on the arrivals' clock, or leave it empty for none")
+        if d < arrival:
+            raise _fail(self.path, lineno, "deadline_seconds", f"deadline {d:g} is before the arrival {arrival:g}",
+                        "give the absolute time by which the task should finish (>= arrival_seconds), "
+                        "or leave it empty for none")
+        return d
+
+    def trace(self, comments: tuple[str, ...]) -> Trace:
+        if self.header is None:
+            raise _fail(self.path, None, None, "is empty (no header, no rows)",
+                        f"start it with the header {','.join(TRACE_COLUMNS)} and add one row per task")
+        if not self.types:
+            raise _fail(self.path, None, None, "has a header but no task rows", "add one row per task")
+        return Trace(np.asarray(self.arrivals, dtype=np.float64), tuple(self.types),
+                     np.asarray(self.works, dtype=np.float64), np.asarray(self.deadlines, dtype=np.float64),
+                     comments)
 
 
 def _check_header(path: Path, lineno: int, cells: list[str]) -> list[str]:

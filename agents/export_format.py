@@ -1,0 +1,126 @@
+"""The exported program's interface: what the writer (`agents.learned.export`, torch) and the
+runtime (`agents.exported`, numpy + onnxruntime) agree on. Torch-free.
+
+- the file format and where its metadata is stored (`FORMAT`, `METADATA_KEY`, `PT2_EXTRA_FILE`);
+- the program's inputs and outputs, in positional order (`INPUT_NAMES`, `OUTPUT_NAMES`), and how
+  they are built from the batched observations (`round_feeds`, `graph_feeds`, `decision_feeds`);
+- the metadata check a file must pass to serve a scenario (`expected_layout`, `check_metadata`).
+See docs/export.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from envs.graph import feature_layout, feature_scales, graph_arrays
+from tapfinger import __version__
+from tapfinger.sim.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
+
+FORMAT = "tapfinger-exported-policy-1"
+METADATA_KEY = "tapfinger"  # ONNX metadata_props key, and the name of the .pt2 extra file (+ ".json")
+PT2_EXTRA_FILE = "tapfinger.json"
+
+# The program's interface, in positional order (shapes: N clusters, NT nodes in all, P pending
+# tasks, M running tasks, EV visibility edges, EP placement edges, S deciding agents, W window
+# places, NN node slots per cluster, R resources).
+INPUT_NAMES: tuple[str, ...] = (
+    "cluster_x",  # [N, 2R+3] float32
+    "node_x",  # [NT, 2R] float32, rows in global node order
+    "pending_x",  # [P, K+R+4] float32
+    "running_x",  # [M, K+R+2] float32
+    "node_cluster",  # [NT] int64: cluster of each node row
+    "visible_edge",  # [2, EV] int64: (pending row, cluster)
+    "placed_edge",  # [2, EP] int64: (running row, node row)
+    "window_row",  # [N, W] int64: pending row of each window place, -1 = empty
+    "node_row",  # [N, NN] int64: node row of each node slot, -1 = padding
+    "agent",  # [S] int64: clusters that decide
+    "task_mask",  # [S, W+1] bool: index 0 = do nothing, i = window place i-1
+    "node_mask",  # [S, W, NN] bool
+    "alloc_low",  # [S, W, R] int64
+    "alloc_high",  # [S, NN, R] int64
+)
+OUTPUT_NAMES: tuple[str, ...] = (
+    "place",  # [S] int64: window place, -1 = do nothing
+    "node",  # [S] int64: local node index
+    "alloc",  # [S, R] int64
+    "task_logits",  # [S, W+1] float32, masked entries = -1e9
+    "task_prob",  # [S] float32: probability of the chosen task choice (Bayes conflict posterior)
+)
+ACTING_KEYS = ("multi_task", "max_sequence", "bayes", "pointer")
+GRAPH_INPUTS = INPUT_NAMES[:9]  # one round's graph; the rest: the deciding agents and their masks
+
+
+class ExportedPolicyError(ValueError):
+    """An exported policy file cannot be used: missing, corrupted, or made for something else."""
+
+
+class ExportError(ExportedPolicyError):
+    """Exporting failed, or the exported program does not act like the eager model."""
+
+
+# --------------------------------------------------------------------------- feeds
+def round_feeds(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The graph inputs from a round's arrays (`agents.learned.acting.round_arrays`: `graph_arrays`
+    plus `node_id`), the same arrays `agents.learned.batch.collate` turns into tensors."""
+    out = {k: np.ascontiguousarray(arrays[k]) for k in GRAPH_INPUTS if k != "node_row"}
+    # graph_arrays orders node rows by global node id, so a node slot's row is its id
+    out["node_row"] = np.where(arrays["node_id"] >= 0, arrays["node_id"], -1).astype(np.int64)
+    return out
+
+
+def graph_feeds(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
+    """The graph inputs from the batched observations."""
+    return round_feeds({**graph_arrays(obs, scenario), "node_id": obs["node_id"]})
+
+
+def stacked_decision_feeds(agents: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The decision inputs: the deciding agents and their masks (masks[k] is [S, ...])."""
+    return {"agent": np.asarray(agents, dtype=np.int64),
+            "task_mask": masks["task_mask"].astype(bool, copy=False),
+            "node_mask": masks["node_mask"].astype(bool, copy=False),
+            "alloc_low": masks["alloc_low"].astype(np.int64, copy=False),
+            "alloc_high": masks["alloc_high"].astype(np.int64, copy=False)}
+
+
+def decision_feeds(agents: list[int] | np.ndarray, masks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`stacked_decision_feeds` from one mask dict per agent."""
+    return stacked_decision_feeds(agents, {k: np.stack([m[k] for m in masks]) for k in masks[0]})
+
+
+# --------------------------------------------------------------------------- metadata
+def expected_layout(scenario: Scenario) -> dict:
+    """The `feature_layout` entry of the metadata: what the program expects to be fed."""
+    return {"columns": feature_layout(scenario),
+            "scales": [float(s) for s in feature_scales(scenario)],
+            "grid_max": [int(g) for g in scenario.grid_max],
+            "window": int(scenario.window_size),
+            "max_nodes": int(max(len(c.nodes) for c in scenario.clusters)),
+            "inputs": list(INPUT_NAMES), "outputs": list(OUTPUT_NAMES)}
+
+
+def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str) -> dict:
+    """Refuse (with the fix) a file that is not ours, or was exported for another scenario."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ExportedPolicyError(
+            f"{path} is a valid {kind} file but not a TapFinger exported policy (no '{METADATA_KEY}' metadata "
+            f"of format {FORMAT}). Fix: write it with `tapfinger export --checkpoint CKPT --format {kind} "
+            f"--out {path}`.")
+    if meta.get("scenario_fingerprint") != scenario_fingerprint(scenario):
+        raise ExportedPolicyError(
+            f"{path} was exported for scenario '{meta.get('scenario')}', which differs from this "
+            f"'{scenario.name}' in one of: {FINGERPRINT_COVERS}. Fix: evaluate it with --scenario "
+            f"{meta.get('scenario')}, or export a checkpoint trained on '{scenario.name}'.")
+    layout = meta.get("feature_layout", {})
+    want = expected_layout(scenario)
+    if layout.get("inputs") != want["inputs"] or layout.get("outputs") != want["outputs"]:
+        raise ExportedPolicyError(
+            f"{path} has another program interface (inputs {layout.get('inputs')}); it was written by "
+            f"tapfinger {meta.get('tapfinger_version')}, this is {__version__}. Fix: re-export the checkpoint "
+            f"with this version (`tapfinger export`).")
+    if layout.get("columns") != want["columns"] or layout.get("scales") != want["scales"]:
+        raise ExportedPolicyError(
+            f"{path} expects other graph features than this version builds (feature layout differs). Fix: "
+            f"re-export the checkpoint with tapfinger {__version__}.")
+    return meta
