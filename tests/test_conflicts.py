@@ -148,3 +148,10 @@ def test_planner_resolves_a_real_conflict_by_the_prior_over_free_resources():
         assert lost == [5 - winner]  # the other of clusters 1 and 4
         picked = {d.agent: d.steps[0] for d in record.decisions}
         assert picked[1].task_id == picked[4].task_id == 0 and picked[1].prob == picked[4].prob == 1.0
+
+
+def test_the_bayes_rule_is_the_default():
+    # DESIGN.md: conflicts are decided by the posterior unless the ablation asks otherwise, so a
+    # caller that does not say `bayes=` gets the prior-weighted choice (B), not the score alone (A).
+    winners = resolve(np.array([4, 4]), np.array([0.9, 0.3]), np.array([1.0, 4.0]))
+    assert winners.tolist() == [False, True]
