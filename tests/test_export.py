@@ -51,13 +51,7 @@ def trained_like_net(scenario, seed: int = 0, none_bias: float = 0.0) -> TapFing
     return net.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Export and eager acting are chains of small ops: extra threads only contend on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks
 GRID = np.array([16, 8, 32])  # cpu, gpu, mem
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # One forward pass per round of a small network: extra threads only contend on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def initial():

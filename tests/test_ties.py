@@ -25,13 +25,7 @@ SEEDS = list(range(93000, 93020))
 TASKS = {"synthetic-3": 60, "edge-default": 60}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # as `tapfinger evaluate` runs; small ops only contend on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_greedy_pick_takes_the_lowest_index_within_the_tolerance():
