@@ -74,40 +74,79 @@ def tasks_in_system(engine: Engine) -> int:
     return int(((engine.status == WAITING) | (engine.status == RUNNING)).sum())
 
 
+class EpisodeRun:
+    """One episode advanced a round at a time: `observe()`, then `play(actions)`, until `done`;
+    `result()` gives its `EpisodeResult`. `run_episode` is this loop for one policy; drivers that
+    step many episodes in lockstep (batched training collection) use it directly, so every episode
+    is measured the same way."""
+
+    def __init__(self, scenario: Scenario, seed: int, engine: Engine | None = None,
+                 workload: Workload | None = None, max_rounds_per_slot: int = 10_000, name: str = "policy"):
+        self.engine = engine if engine is not None else Engine(scenario)
+        self.engine.reset(seed, workload=workload)
+        self.seed = seed
+        self.name = name
+        self.max_rounds_per_slot = max_rounds_per_slot
+        self.decide_seconds = 0.0  # wall time of the policy's decisions (the driver adds to it)
+        self._capacity = self.engine.static.node_capacity.sum(axis=0)
+        self._in_system: list[int] = []
+        self._busy: list[np.ndarray] = []
+        self._rounds_in_slot = 0
+        self._obs: dict[str, np.ndarray] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.engine.done
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """The batched observations of this round (built once per round)."""
+        if self._obs is None:
+            self._obs = build_observations(self.engine)
+        return self._obs
+
+    def play(self, act: RoundActions) -> RoundInfo:
+        """Play this round's actions; what happened, for recorders."""
+        eng = self.engine
+        obs = self.observe()
+        used = self._capacity - eng.node_free.sum(axis=0)
+        during = tasks_in_system(eng)
+        ended = act.play(eng)
+        self._obs = None
+        self._rounds_in_slot += 1
+        if ended:
+            self._busy.append(used)
+            self._in_system.append(tasks_in_system(eng))
+            self._rounds_in_slot = 0
+        elif self._rounds_in_slot > self.max_rounds_per_slot:
+            raise RuntimeError(f"policy {self.name} started tasks in {self.max_rounds_per_slot} rounds of one slot")
+        return RoundInfo(obs, act, ended, during)
+
+    def result(self) -> EpisodeResult:
+        eng = self.engine
+        return EpisodeResult(seed=self.seed, records=eng.task_records(), slots=eng.slot, rounds=eng.rounds_total,
+                             decisions=eng.rounds_total * eng.N, decide_seconds=self.decide_seconds,
+                             truncated=eng.truncated, invalid_actions=int(eng.invalid_actions.sum()),
+                             in_system=np.asarray(self._in_system),
+                             busy=np.asarray(self._busy).reshape(-1, eng.R))
+
+
 def run_episode(scenario: Scenario, policy: Actor, seed: int, engine: Engine | None = None,
                 workload: Workload | None = None, on_round: RoundCallback | None = None,
                 max_rounds_per_slot: int = 10_000) -> EpisodeResult:
     """Play one episode of `policy` from `seed` (arrivals from the seed, or `workload` if given)."""
-    eng = engine if engine is not None else Engine(scenario)
-    eng.reset(seed, workload=workload)
+    run = EpisodeRun(scenario, seed, engine, workload, max_rounds_per_slot,
+                     name=getattr(policy, "name", type(policy).__name__))
     if hasattr(policy, "reset"):
         policy.reset(seed)
-    in_system, busy = [], []
-    capacity = eng.static.node_capacity.sum(axis=0)
-    rounds_in_slot = 0
-    decide = 0.0
-    while not eng.done:
-        obs = build_observations(eng)
+    while not run.done:
+        obs = run.observe()
         t0 = time.perf_counter()
         act = policy.act(obs)
-        decide += time.perf_counter() - t0
-        used = capacity - eng.node_free.sum(axis=0)
-        during = tasks_in_system(eng) if on_round is not None else 0
-        ended = act.play(eng)
+        run.decide_seconds += time.perf_counter() - t0
+        info = run.play(act)
         if on_round is not None:
-            on_round(RoundInfo(obs, act, ended, during))
-        rounds_in_slot += 1
-        if ended:
-            busy.append(used)
-            in_system.append(tasks_in_system(eng))
-            rounds_in_slot = 0
-        elif rounds_in_slot > max_rounds_per_slot:
-            name = getattr(policy, "name", type(policy).__name__)
-            raise RuntimeError(f"policy {name} started tasks in {max_rounds_per_slot} rounds of one slot")
-    return EpisodeResult(seed=seed, records=eng.task_records(), slots=eng.slot, rounds=eng.rounds_total,
-                         decisions=eng.rounds_total * eng.N, decide_seconds=decide, truncated=eng.truncated,
-                         invalid_actions=int(eng.invalid_actions.sum()), in_system=np.asarray(in_system),
-                         busy=np.asarray(busy).reshape(-1, eng.R))
+            on_round(info)
+    return run.result()
 
 
-__all__ = ["Actor", "EpisodeResult", "RoundCallback", "RoundInfo", "run_episode", "tasks_in_system"]
+__all__ = ["Actor", "EpisodeResult", "EpisodeRun", "RoundCallback", "RoundInfo", "run_episode", "tasks_in_system"]

@@ -84,28 +84,55 @@ def feature_scales(scenario: Scenario) -> np.ndarray:
     return np.maximum(caps.max(axis=0), 1.0)
 
 
+class _Constants:
+    """What graph_arrays needs of a scenario, computed once per scenario object (graph_arrays runs
+    every round that someone decides: its fixed numpy costs dominate, not its arithmetic)."""
+
+    def __init__(self, scenario: Scenario):
+        self.scenario = scenario
+        self.K = len(scenario.task_types)
+        self.R = scenario.num_resources
+        self.inv_scale = 1.0 / feature_scales(scenario)
+        self.inv_grid = 1.0 / np.asarray(scenario.grid_max, dtype=np.float64)
+        self.eye = np.eye(self.K, dtype=np.float32)
+        self.dims = feature_dims(self.K, self.R)
+
+
+_CONSTANTS: dict[int, _Constants] = {}
+
+
+def _constants(scenario: Scenario) -> _Constants:
+    c = _CONSTANTS.get(id(scenario))
+    if c is None or c.scenario is not scenario:  # ids are reused after a scenario is freed
+        if len(_CONSTANTS) > 64:
+            _CONSTANTS.clear()
+        c = _CONSTANTS[id(scenario)] = _Constants(scenario)
+    return c
+
+
 def graph_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
     """The numpy content of the graph (features, edge lists, index maps); torch-free."""
     N, W = obs["window_id"].shape
-    K = len(scenario.task_types)
-    scale = feature_scales(scenario)
-    grid = np.asarray(scenario.grid_max, dtype=np.float64)
+    c = _constants(scenario)
+    K, R = c.K, c.R
     M = obs["running_id"].shape[1]
-    dims = feature_dims(K, len(grid))
 
-    free = obs["node_free"].astype(np.float64)
-    cap = obs["node_capacity"].astype(np.float64)
-    n_running = (obs["running_id"] >= 0).sum(axis=1)
-    n_window = (obs["window_id"] >= 0).sum(axis=1)
-    cluster_x = np.concatenate([cap.sum(axis=1) / scale, free.sum(axis=1) / scale,
-                                np.stack([n_running / max(M, 1), n_window / W,
-                                          obs["queue_len"][:, 0] / W], axis=1)], axis=1)
+    free = obs["node_free"]
+    cap = obs["node_capacity"]
+    cluster_x = np.empty((N, 2 * R + 3), dtype=np.float32)
+    cluster_x[:, :R] = cap.sum(axis=1) * c.inv_scale
+    cluster_x[:, R:2 * R] = free.sum(axis=1) * c.inv_scale
+    cluster_x[:, 2 * R] = (obs["running_id"] >= 0).sum(axis=1) / max(M, 1)
+    cluster_x[:, 2 * R + 1] = (obs["window_id"] >= 0).sum(axis=1) / W
+    cluster_x[:, 2 * R + 2] = obs["queue_len"][:, 0] / W
 
     node_valid = obs["node_id"] >= 0
     node_global = obs["node_id"][node_valid]
     order = np.argsort(node_global)
     node_cluster = np.nonzero(node_valid)[0][order]
-    node_x = np.concatenate([cap[node_valid] / scale, free[node_valid] / scale], axis=1)[order]
+    node_x = np.empty((len(order), 2 * R), dtype=np.float32)
+    node_x[:, :R] = cap[node_valid][order] * c.inv_scale
+    node_x[:, R:] = free[node_valid][order] * c.inv_scale
     # local (cluster, slot) -> row in node_x
     node_row = np.full(node_valid.shape, -1, dtype=np.int64)
     node_row[node_valid] = np.argsort(order)
@@ -114,16 +141,15 @@ def graph_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np
     occupied = wid >= 0
     task_ids, first = np.unique(wid[occupied], return_index=True)
     flat = np.flatnonzero(occupied.ravel())[first]  # first occurrence of each task
-    wtype = obs["window_type"].ravel()[flat]
-    pending_x = np.concatenate([
-        np.eye(K)[wtype],
-        obs["alloc_low"].reshape(N * W, -1)[flat] / grid,
-        np.stack([np.log1p(obs["window_wait"].ravel()[flat]),
-                  obs["window_work"].ravel()[flat],
-                  obs["window_visible"].ravel()[flat] / N,
-                  np.where(obs["window_deadline"].ravel()[flat] >= 0,
-                           1.0 / (1.0 + np.maximum(obs["window_deadline"].ravel()[flat], 0)), 0.0)], axis=1),
-    ], axis=1) if len(task_ids) else np.zeros((0, dims["pending"]))
+    pending_x = np.zeros((len(task_ids), c.dims["pending"]), dtype=np.float32)
+    if len(task_ids):
+        pending_x[:, :K] = c.eye[obs["window_type"].ravel()[flat]]
+        pending_x[:, K:K + R] = obs["alloc_low"].reshape(N * W, -1)[flat] * c.inv_grid
+        pending_x[:, K + R] = np.log1p(obs["window_wait"].ravel()[flat])
+        pending_x[:, K + R + 1] = obs["window_work"].ravel()[flat]
+        pending_x[:, K + R + 2] = obs["window_visible"].ravel()[flat] / N
+        dl = obs["window_deadline"].ravel()[flat]
+        pending_x[:, K + R + 3] = np.where(dl >= 0, 1.0 / (1.0 + np.maximum(dl, 0)), 0.0)
     window_row = np.full((N, W), -1, dtype=np.int64)
     window_row[occupied] = np.searchsorted(task_ids, wid[occupied])
     vis_agent, vis_place = np.nonzero(occupied)
@@ -131,23 +157,23 @@ def graph_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np
     rid = obs["running_id"]
     live = rid >= 0
     r_agent, r_place = np.nonzero(live)
-    rtype = obs["running_type"][live]
-    running_x = np.concatenate([
-        np.eye(K)[rtype],
-        obs["running_alloc"][live] / grid,
-        np.stack([obs["running_progress"][live], np.log1p(obs["running_age"][live])], axis=1),
-    ], axis=1) if live.any() else np.zeros((0, dims["running"]))
-    running_node = node_row[r_agent, obs["running_node"][live]] if live.any() else np.zeros(0, dtype=np.int64)
+    running_x = np.zeros((len(r_agent), c.dims["running"]), dtype=np.float32)
+    if len(r_agent):
+        running_x[:, :K] = c.eye[obs["running_type"][live]]
+        running_x[:, K:K + R] = obs["running_alloc"][live] * c.inv_grid
+        running_x[:, K + R] = obs["running_progress"][live]
+        running_x[:, K + R + 1] = np.log1p(obs["running_age"][live])
+    running_node = node_row[r_agent, obs["running_node"][live]]
 
     return {
-        "cluster_x": cluster_x.astype(np.float32),
-        "node_x": node_x.astype(np.float32),
+        "cluster_x": cluster_x,
+        "node_x": node_x,
         "node_cluster": node_cluster.astype(np.int64),
-        "pending_x": pending_x.astype(np.float32),
+        "pending_x": pending_x,
         "pending_task_id": task_ids.astype(np.int64),
         "visible_edge": np.stack([window_row[vis_agent, vis_place], vis_agent]).astype(np.int64),
         "window_row": window_row,
-        "running_x": running_x.astype(np.float32),
+        "running_x": running_x,
         "running_task_id": rid[live].astype(np.int64),
         "placed_edge": np.stack([np.arange(len(running_node)), running_node]).astype(np.int64),
     }

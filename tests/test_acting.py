@@ -99,11 +99,11 @@ def test_liveness_masks_only_the_first_choice_of_the_network_sequences():
     planner = Planner(net, sc, ActingOptions(multi_task=True, max_sequence=4))
     eng = Engine(sc, strict=True)
     eng.reset(1)
-    g = torch.Generator().manual_seed(0)
+    g = np.random.default_rng(0)
     later = 0
     while not eng.done:
         obs = build_observations(eng)
-        actions, record = planner.act(obs, generator=g)
+        actions, record = planner.act(obs, rng=g)
         for d in record.decisions:
             if (obs["running_id"][d.agent] >= 0).any():
                 continue

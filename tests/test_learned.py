@@ -10,13 +10,15 @@ import torch
 
 from agents.learned.batch import collate, round_arrays
 from agents.learned.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from agents.learned.collect import play_episode
+from agents.learned.advantages import ValueNorm, attach_values
+from agents.learned.collect import EpisodeJob, play_episode
 from agents.learned.conflicts import fit_count, resolve
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.acting import ActingOptions
 from agents.learned.policy import Planner
 from agents.learned.config import ModelOptions, PPOConfig
-from agents.learned.ppo import build_samples, evaluate_samples
+from agents.learned.advantages import build_samples
+from agents.learned.ppo import evaluate_samples
 from agents.learned.train import TrainConfig, Trainer
 from tests.helpers import small
 
@@ -35,9 +37,9 @@ def test_sampled_actions_respect_masks_over_an_episode(name, multi):
     planner = Planner(make_net(sc), sc, ActingOptions(multi_task=multi))
     eng = Engine(sc, strict=True)  # any infeasible action raises
     eng.reset(1)
-    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     while not eng.done:
-        a, _ = planner.act(build_observations(eng), generator=g)
+        a, _ = planner.act(build_observations(eng), rng=rng)
         eng.play_round(a.task, a.node, a.alloc)
     assert eng.finished_count == 40
 
@@ -45,8 +47,8 @@ def test_sampled_actions_respect_masks_over_an_episode(name, multi):
 def test_stored_log_probabilities_match_re_evaluation():
     sc = small("edge-default", tasks=30)
     net = make_net(sc)
-    planner = Planner(net, sc, ActingOptions(multi_task=True))
-    ep = play_episode(sc, planner, 3, torch.Generator().manual_seed(1))
+    ep = play_episode(sc, net, ActingOptions(multi_task=True), EpisodeJob(3, 1))
+    attach_values(net, [ep], ValueNorm(enabled=False), torch.device("cpu"))
     samples = build_samples([ep], 0.95, 0.9)
     assert samples
     with torch.no_grad():
@@ -55,7 +57,7 @@ def test_stored_log_probabilities_match_re_evaluation():
     torch.testing.assert_close(logp, old, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(values, torch.tensor([s.old_value for s in samples], dtype=values.dtype),
                                atol=1e-5, rtol=1e-5)
-    assert (entropy >= 0).all()
+    assert all((e >= 0).all() for e in entropy.values()) and set(entropy) == {"task", "node", "alloc"}
 
 
 def test_conflict_winner_by_bayes_posterior_and_by_score():
@@ -248,8 +250,7 @@ def test_collected_episode_measures_as_the_evaluation_does():
     from envs.episode import run_episode
 
     sc = truncated()
-    planner = Planner(make_net(sc), sc)
-    ep = play_episode(sc, planner, 2, torch.Generator().manual_seed(0), teacher=make_policy("min", sc, seed=2))
+    ep = play_episode(sc, make_net(sc), ActingOptions(), EpisodeJob(2, 0, teacher="min"))
     res = run_episode(sc, make_policy("min", sc, seed=2), 2)  # the teacher acted: the same episode
     assert res.truncated and res.unfinished > 0
     assert ep.unfinished == res.unfinished

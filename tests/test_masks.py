@@ -184,11 +184,11 @@ def test_every_planned_sequence_is_feasible_step_by_step(name):
     planner = make_planner(sc)
     eng = Engine(sc, strict=True)
     eng.reset(2)
-    g = torch.Generator().manual_seed(0)
+    g = np.random.default_rng(0)
     stats = {"long": 0, "same_node": 0, "decisions": 0}
     while not eng.done:
         obs = build_observations(eng)
-        actions, record = planner.act(obs, generator=g)
+        actions, record = planner.act(obs, rng=g)
         for d in record.decisions:
             check_sequence(obs, d.agent, d.steps, planner.static, planner.options.max_sequence, stats)
             stats["decisions"] += 1
@@ -218,13 +218,13 @@ def test_planned_sequences_play_without_re_validation(monkeypatch, max_running):
         eng.static = planner.static = limited
     monkeypatch.setattr(acting_module, "step_still_valid", lambda *args: True)
     eng.reset(2)
-    g = torch.Generator().manual_seed(0)
+    g = np.random.default_rng(0)
     stats = {"long": 0, "same_node": 0}
     planned = queued = 0
     while not eng.done:
         obs = build_observations(eng)
         had_queue = [bool(q) for q in planner.queue]
-        actions, record = planner.act(obs, generator=g)
+        actions, record = planner.act(obs, rng=g)
         for d in record.decisions:
             check_sequence(obs, d.agent, d.steps, planner.static, planner.options.max_sequence, stats)
             planned += sum(s.place >= 0 for s in d.steps)

@@ -22,7 +22,7 @@ This module imports neither torch nor torch_geometric: the ONNX policy runs with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generator, Protocol
 
 import numpy as np
 
@@ -101,6 +101,23 @@ class RoundScorer(Protocol):
         """One (task, node, allocation) choice per agent; masks[k] is [S, ...], one row per agent."""
 
 
+@dataclass
+class ScoreRequest:
+    """What a round's planning asks a scorer for: choices of `agents` (global agent indices) under
+    `masks` (one row per agent), in the round described by `arrays` (the same object for every
+    request of one round, so a driver encodes a round once)."""
+
+    arrays: dict[str, np.ndarray]
+    agents: np.ndarray
+    masks: dict[str, np.ndarray]
+
+
+# The planning of one round as a coroutine: it yields requests, is sent their Choices, and returns
+# the round's (actions, record). One driver serves one episode (`RoundPlanner.plan_round`); the
+# batched collector serves many episodes' requests with one forward pass (agents.learned.vector).
+PlanSteps = Generator[ScoreRequest, Choices, "tuple[RoundActions, RoundRecord]"]
+
+
 class Scorer(Protocol):
     def for_round(self, arrays: dict[str, np.ndarray]) -> RoundScorer:
         """Prepare a round (`round_arrays`): scored once or more, with other masks, in that round."""
@@ -126,6 +143,19 @@ class RoundPlanner:
 
     def plan_round(self, obs: dict[str, np.ndarray], scorer: Scorer) -> tuple[RoundActions, RoundRecord]:
         """This round's actions of all agents, and what was decided (for PPO)."""
+        steps = self.plan_steps(obs)
+        round_scorer = None
+        try:
+            request = next(steps)
+            while True:
+                if round_scorer is None:
+                    round_scorer = scorer.for_round(request.arrays)
+                request = steps.send(round_scorer.score(request.agents, request.masks))
+        except StopIteration as finished:
+            return finished.value
+
+    def plan_steps(self, obs: dict[str, np.ndarray]) -> PlanSteps:
+        """`plan_round` as a coroutine: yields `ScoreRequest`s, is sent their `Choices`."""
         N = obs["task_mask"].shape[0]
         slot = int(obs["slot"][0, 0])
         if slot != self.slot:
@@ -142,7 +172,7 @@ class RoundPlanner:
                 if step_still_valid(obs, i, step.place, step.node, step.alloc, step.task_id):
                     starts[i] = step
         if fresh:
-            record.decisions = self._decide(obs, scorer.for_round(arrays), fresh)
+            record.decisions = yield from self._decide(obs, arrays, fresh)
             for d in record.decisions:
                 real = [s for s in d.steps if s.place >= 0]
                 if real:
@@ -159,7 +189,8 @@ class RoundPlanner:
                 actions.task[i], actions.node[i], actions.alloc[i] = s.place, s.node, s.alloc
         return actions, record
 
-    def _decide(self, obs: dict[str, np.ndarray], scorer: RoundScorer, fresh: list[int]) -> list[AgentDecision]:
+    def _decide(self, obs: dict[str, np.ndarray], arrays: dict[str, np.ndarray], fresh: list[int]
+                ) -> Generator[ScoreRequest, Choices, list[AgentDecision]]:
         """The decisions of the `fresh` agents: one choice each, or a sequence in multi-task mode.
         Step k scores the agents whose sequence goes on, with their masks after steps 0..k-1."""
         rows = np.asarray(fresh, dtype=np.int64)
@@ -181,7 +212,7 @@ class RoundPlanner:
             if not idx.size:
                 break
             batch = stacked if k_step == 0 else {k: np.stack([masks[j][k] for j in idx]) for k in MASK_KEYS}
-            c = scorer.score(rows[idx], batch)
+            c = yield ScoreRequest(arrays, rows[idx], batch)
             if k_step == 0 and c.value is not None:
                 for j in idx:
                     decisions[j].value = float(c.value[j])

@@ -4,6 +4,11 @@ The same function serves acting (actions=None: sample, or the greedy pick when d
 and the PPO update (actions given: their log-probabilities and entropies under the current weights).
 The greedy pick breaks near-ties by the lowest index (`agents.learned.ties`); the exported program
 runs this same code, so it carries the same rule.
+
+Sampling is by inverse CDF from uniforms the caller supplies, one row per decision and one column
+per head (`uniform_columns`): each environment draws them from its own numpy generator, so an
+episode's samples do not depend on which other episodes share its batched forward pass (batched
+and one-at-a-time collection give the same episodes).
 """
 
 from __future__ import annotations
@@ -24,9 +29,15 @@ class Decision:
     alloc: torch.Tensor  # [S, R]
     logp_task: torch.Tensor  # [S]
     logp_rest: torch.Tensor  # [S] node + allocation (0 when doing nothing)
-    entropy: torch.Tensor  # [S]
+    entropy: torch.Tensor  # [S] all heads together (node and allocation only when starting a task)
     task_probs: torch.Tensor  # [S, W+1]
     task_logits: torch.Tensor | None = None  # [S, W+1] masked; an output of the exported program
+    head_entropy: dict[str, torch.Tensor] | None = None  # [S] per head: task, node, alloc (all resources)
+
+
+def uniform_columns(num_resources: int) -> int:
+    """Uniforms one sampled decision consumes: task, node, then one per resource."""
+    return 2 + num_resources
 
 
 def greedy_pick(logits: torch.Tensor, atol: float = LOGIT_ATOL) -> torch.Tensor:
@@ -37,14 +48,24 @@ def greedy_pick(logits: torch.Tensor, atol: float = LOGIT_ATOL) -> torch.Tensor:
     return (logits >= best - atol).to(logits.dtype).argmax(dim=-1)
 
 
+def sample_pick(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sample of each row with its uniform u in (0, 1]: the first index whose
+    cumulative probability reaches u times the row's total (masked entries have probability 0, so
+    they are never reached)."""
+    cdf = torch.cumsum(torch.softmax(logits, dim=-1), dim=-1)
+    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, target).squeeze(1).clamp(max=logits.shape[1] - 1)
+
+
 def _pick(logits: torch.Tensor, given: torch.Tensor | None, deterministic: bool,
-          generator: torch.Generator | None) -> torch.Tensor:
+          u: torch.Tensor | None) -> torch.Tensor:
     if given is not None:
         return given
     if deterministic:
         return greedy_pick(logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if u is None:
+        raise ValueError("sampling needs uniforms (one column per head, see uniform_columns) or deterministic=True")
+    return sample_pick(logits, u)
 
 
 def _logp_entropy(logits: torch.Tensor, choice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,21 +77,23 @@ def _logp_entropy(logits: torch.Tensor, choice: torch.Tensor) -> tuple[torch.Ten
 
 def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, masks: dict[str, torch.Tensor],
            given: Decision | None = None, deterministic: bool = False,
-           generator: torch.Generator | None = None, pointer: bool = True) -> Decision:
+           uniforms: torch.Tensor | None = None, pointer: bool = True) -> Decision:
     """One (task, node, allocation) choice per row. `masks` holds per-row task_mask [S, W+1],
-    node_mask [S, W, Nn], alloc_low [S, W, R], alloc_high [S, Nn, R]."""
+    node_mask [S, W, Nn], alloc_low [S, W, R], alloc_high [S, Nn, R]; `uniforms` [S, 2+R] drive
+    sampling (unused when `given` or `deterministic`)."""
+    col = (lambda j: None) if uniforms is None else (lambda j: uniforms[:, j])  # noqa: E731
     S = rows.shape[0]
     ar = torch.arange(S, device=rows.device)
     t_logits = net.task_logits(h, batch, rows, masks["task_mask"], pointer=pointer)
     # Without the pointer the task choice is uniform over the feasible ones: sampled even when the
     # rest of the decision is deterministic (an argmax of equal scores would always pick the first).
-    t_choice = _pick(t_logits, None if given is None else given.place + 1, deterministic and pointer, generator)
+    t_choice = _pick(t_logits, None if given is None else given.place + 1, deterministic and pointer, col(0))
     logp_task, ent_task = _logp_entropy(t_logits, t_choice)
     start = t_choice > 0
     place = (t_choice - 1).clamp(min=0)
 
     n_logits = net.node_logits(h, batch, rows, place, masks["node_mask"][ar, place])
-    node = _pick(n_logits, None if given is None else given.node, deterministic, generator)
+    node = _pick(n_logits, None if given is None else given.node, deterministic, col(1))
     logp_node, ent_node = _logp_entropy(n_logits, node)
 
     z = net.alloc_context(h, batch, rows, place, node)
@@ -79,7 +102,7 @@ def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, ma
     amounts, logp_alloc, ent_alloc = [], torch.zeros(S, device=rows.device), torch.zeros(S, device=rows.device)
     for r in range(len(net.cfg.grid_max)):
         a_logits = net.alloc_logits(z, r, low[:, r], high[:, r], amounts)
-        a = _pick(a_logits, None if given is None else given.alloc[:, r], deterministic, generator)
+        a = _pick(a_logits, None if given is None else given.alloc[:, r], deterministic, col(2 + r))
         lp, en = _logp_entropy(a_logits, a)
         amounts.append(a)
         logp_alloc = logp_alloc + lp
@@ -90,4 +113,5 @@ def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, ma
         node=node, alloc=torch.stack(amounts, dim=1),
         logp_task=logp_task, logp_rest=(logp_node + logp_alloc) * started,
         entropy=ent_task + (ent_node + ent_alloc) * started,
-        task_probs=torch.softmax(t_logits, dim=-1), task_logits=t_logits)
+        task_probs=torch.softmax(t_logits, dim=-1), task_logits=t_logits,
+        head_entropy={"task": ent_task, "node": ent_node * started, "alloc": ent_alloc * started})

@@ -1,7 +1,12 @@
-"""Collecting experience: whole episodes played by the network (or by a teacher heuristic for
-imitation), in worker processes or in-process, through the one episode loop
-(`envs.episode.run_episode`), so that an episode's avg JCT and unfinished tasks are measured as
-`tapfinger evaluate` measures them.
+"""Collecting experience: many episodes stepped in lockstep in one process, with one batched
+forward pass per round for every deciding agent of every episode (`agents.learned.vector`).
+
+Each episode runs through `envs.episode.EpisodeRun` (the one episode loop's stepwise form, so
+its avg JCT and unfinished tasks are measured as `tapfinger evaluate` measures them) and each
+round through `RoundPlanner.plan_steps` (the one acting loop): the driver here only gathers the
+planners' score requests, serves them together, and plays the rounds. Sampled choices draw
+their uniforms from each episode's own generator, so an episode does not depend on which other
+episodes share its batch: batched and one-at-a-time collection give the same episodes.
 
 The learning signal is the team reward: minus the tasks in the whole system at each slot end,
 whose sum over an episode is exactly the tasks' total completion time (so maximising it is
@@ -11,17 +16,14 @@ several clusters several times, which is the paper's signal but not the metric.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from agents.learned.model import ModelConfig, TapFingerNet
-from agents.learned.acting import ActingOptions
-from agents.learned.policy import AgentDecision, Planner, RoundRecord, Step
-from envs.actions import RoundActions
-from envs.episode import RoundInfo, run_episode
+from agents.learned.acting import ActingOptions, AgentDecision, RoundPlanner, RoundRecord, ScoreRequest, Step
+from agents.learned.model import TapFingerNet
+from envs.episode import EpisodeRun, RoundInfo
 from tapfinger.sim.scenario import Scenario
 
 
@@ -34,69 +36,30 @@ class Episode:
     avg_jct: float  # of the finished tasks, as `EpisodeResult.avg_jct` (nan when none finished)
     episodic_return: float
     unfinished: int = 0  # tasks not finished at the end (a truncated episode), never in avg_jct
+    sample_seed: int = 0  # seed of the episode's action sampling
 
     @property
     def num_rounds(self) -> int:
         return len(self.rounds)
 
 
-class RecordingActor:
-    """What `run_episode` drives during collection: the planner acts (or the teacher, for
-    imitation) and the round's `RoundRecord` is kept for `on_round` to collect.
+@dataclass(frozen=True)
+class EpisodeJob:
+    """One episode to collect: arrivals from `seed`, action sampling from `sample_seed`.
 
-    With `teacher` (a heuristic Policy), the teacher's choices are recorded as single-step
+    With `teacher` (a heuristic's registry name) the teacher's choices are recorded as single-step
     decisions; the teacher also acts, unless `learner_acts` (DAgger: the learner visits the states,
-    the teacher labels them). Without a teacher the planner records its own decisions (for PPO)."""
+    the teacher labels them). `deterministic`: the network's greedy choices (evaluation)."""
 
-    def __init__(self, scenario: Scenario, planner: Planner, generator: torch.Generator,
-                 deterministic: bool = False, teacher=None, learner_acts: bool = False):
-        self.scenario = scenario
-        self.planner = planner
-        self.generator = generator
-        self.deterministic = deterministic
-        self.teacher = teacher
-        self.learner_acts = learner_acts
-        self.name = getattr(teacher, "name", "tapfinger")
-        self.last: RoundRecord | None = None
-
-    def reset(self, seed: int) -> None:
-        self.planner.reset()
-        if self.teacher is not None:
-            self.teacher.reset(seed)
-
-    def _plan(self, obs: dict[str, np.ndarray]) -> tuple[RoundActions, RoundRecord]:
-        return self.planner.act(obs, deterministic=self.deterministic, generator=self.generator)
-
-    def act(self, obs: dict[str, np.ndarray]) -> RoundActions:
-        if self.teacher is None:
-            actions, self.last = self._plan(obs)
-            return actions
-        labels = self.teacher.act(obs)
-        self.last = teacher_record(obs, labels, self.scenario)
-        return self._plan(obs)[0] if self.learner_acts else labels
-
-
-def play_episode(scenario: Scenario, planner: Planner, seed: int, generator: torch.Generator,
-                 deterministic: bool = False, reward_scale: float = 0.05, teacher=None,
-                 learner_acts: bool = False) -> Episode:
-    """One episode through the one episode loop (`envs.episode.run_episode`), recording each round
-    (see `RecordingActor` for the roles of `teacher` and `learner_acts`)."""
-    actor = RecordingActor(scenario, planner, generator, deterministic, teacher, learner_acts)
-    rounds, rewards, ended = [], [], []
-
-    def on_round(info: RoundInfo) -> None:
-        rounds.append(actor.last)
-        rewards.append(-info.tasks_during * reward_scale if info.slot_ended else 0.0)
-        ended.append(info.slot_ended)
-
-    result = run_episode(scenario, actor, seed, on_round=on_round)
-    rr = np.asarray(rewards)
-    return Episode(seed, rounds, rr, np.asarray(ended, dtype=bool), result.avg_jct, float(rr.sum()),
-                   result.unfinished)
+    seed: int
+    sample_seed: int = 0
+    teacher: str = ""
+    learner_acts: bool = False
+    deterministic: bool = False
 
 
 def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario) -> RoundRecord:
-    from agents.learned.batch import round_arrays
+    from agents.learned.acting import round_arrays
     from agents.learned.masks import MASK_KEYS
 
     rec = RoundRecord(round_arrays(obs, scenario))
@@ -111,53 +74,87 @@ def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario) -> R
     return rec
 
 
-# ---------------------------------------------------------------------------------------------
-# worker processes
+class _Env:
+    """One episode of the lockstep: its run, planner, sampling generator and what it recorded."""
+
+    def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward_scale: float):
+        self.scenario, self.job, self.reward_scale = scenario, job, reward_scale
+        self.run = EpisodeRun(scenario, job.seed, name=job.teacher or "tapfinger")
+        self.planner = RoundPlanner(scenario, acting, record_arrays=False)
+        self.rng = None if job.deterministic else np.random.default_rng(job.sample_seed)
+        self.teacher = None
+        if job.teacher:
+            from agents.registry import make_policy
+
+            self.teacher = make_policy(job.teacher, scenario, seed=job.seed)
+            self.teacher.reset(job.seed)
+        self.rounds: list[RoundRecord] = []
+        self.rewards: list[float] = []
+        self.ended: list[bool] = []
+        self.steps = None  # the round's planning coroutine while it waits for choices
+        self.labels = None
+
+    def begin_round(self) -> ScoreRequest | None:
+        """Start this round's planning; its first request, or None when the round needs no network."""
+        obs = self.run.observe()
+        if self.teacher is not None:
+            self.labels = self.teacher.act(obs)
+            if not self.job.learner_acts:
+                self._play(self.labels, teacher_record(obs, self.labels, self.scenario))
+                return None
+        self.steps = self.planner.plan_steps(obs)
+        return self._advance(None)
+
+    def answer(self, choices) -> ScoreRequest | None:
+        return self._advance(choices)
+
+    def _advance(self, choices) -> ScoreRequest | None:
+        try:
+            return next(self.steps) if choices is None else self.steps.send(choices)
+        except StopIteration as finished:
+            actions, record = finished.value
+            if self.teacher is not None:  # DAgger: the learner's actions, the teacher's labels
+                record = teacher_record(self.run.observe(), self.labels, self.scenario)
+            self._play(actions, record)
+            return None
+
+    def _play(self, actions, record: RoundRecord) -> None:
+        info: RoundInfo = self.run.play(actions)
+        self.rounds.append(record)
+        self.rewards.append(-info.tasks_during * self.reward_scale if info.slot_ended else 0.0)
+        self.ended.append(info.slot_ended)
+
+    def episode(self) -> Episode:
+        result = self.run.result()
+        rr = np.asarray(self.rewards, dtype=np.float64)
+        return Episode(self.job.seed, self.rounds, rr, np.asarray(self.ended, dtype=bool), result.avg_jct,
+                       float(rr.sum()), result.unfinished, self.job.sample_seed)
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # the workers are the parallelism; BLAS threads would fight over cores
-    os.environ["OMP_NUM_THREADS"] = "1"
+@torch.no_grad()
+def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOptions, jobs: list[EpisodeJob],
+                     reward_scale: float = 0.05, device: str | torch.device = "cpu") -> list[Episode]:
+    """Play `jobs` together, one batched forward per round for all their deciding agents; episodes
+    in the order of `jobs`."""
+    from agents.learned.vector import LockstepScorer
+
+    scorer = LockstepScorer(net, torch.device(device), acting.pointer)
+    envs = [_Env(scenario, job, acting, reward_scale) for job in jobs]
+    active = list(envs)
+    while active:
+        waiting = [(env, req) for env in active if (req := env.begin_round()) is not None]
+        if waiting:
+            scorer.encode([req.arrays for _, req in waiting])
+            pos = {id(env): k for k, (env, _) in enumerate(waiting)}  # the env's round in the batch
+            while waiting:
+                choices = scorer.score([(pos[id(env)], req, env.rng) for env, req in waiting])
+                waiting = [(env, nxt) for (env, _), c in zip(waiting, choices)
+                           if (nxt := env.answer(c)) is not None]
+        active = [env for env in active if not env.run.done]
+    return [env.episode() for env in envs]
 
 
-def collect_job(job: tuple) -> Episode:
-    """(scenario, model config dict, state dict, acting dict, seed, sample seed, reward scale, teacher,
-    learner_acts)."""
-    scenario, cfg, state, acting, seed, sample_seed, reward_scale, teacher_name, learner_acts = job
-    torch.set_num_threads(1)
-    net = TapFingerNet(ModelConfig(**cfg))
-    net.load_state_dict(state)
-    net.eval()
-    planner = Planner(net, scenario, ActingOptions(**acting))
-    g = torch.Generator()
-    g.manual_seed(int(sample_seed))
-    teacher = None
-    if teacher_name:
-        from agents.registry import make_policy
-
-        teacher = make_policy(teacher_name, scenario, seed=seed)
-    return play_episode(scenario, planner, seed, g, reward_scale=reward_scale, teacher=teacher,
-                        learner_acts=learner_acts)
-
-
-class Collector:
-    """Runs episode jobs in a pool of worker processes (or in-process with one env)."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.pool = None
-        if workers > 1:
-            import multiprocessing as mp
-
-            self.pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
-
-    def run(self, jobs: list[tuple]) -> list[Episode]:
-        if self.pool is None:
-            return [collect_job(j) for j in jobs]
-        return self.pool.map(collect_job, jobs, chunksize=1)  # map keeps job order: deterministic
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
-            self.pool = None
+def play_episode(scenario: Scenario, net: TapFingerNet, acting: ActingOptions, job: EpisodeJob,
+                 reward_scale: float = 0.05, device: str | torch.device = "cpu") -> Episode:
+    """One episode alone (`collect_lockstep` of one job)."""
+    return collect_lockstep(scenario, net, acting, [job], reward_scale, device)[0]

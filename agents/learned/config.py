@@ -26,6 +26,7 @@ class ModelOptions:
     layers: int = 2  # graph-attention layers of the encoder
     heads: int = 2  # attention heads per graph-attention layer
     encoder: Literal["graph", "mlp"] = "graph"  # graph attention, or mlp: the no-graph ablation
+    separate_critic: bool = True  # the critic gets its own encoder (--no-separate-critic: shared, as before)
 
 
 @dataclass
@@ -37,7 +38,12 @@ class PPOConfig:
     epochs: int = 4  # PPO epochs per iteration
     minibatch_rounds: int = 256  # rounds (all their agents' decisions) per minibatch
     vf_coef: float = 0.5  # weight of the value loss
-    ent_coef: float = 0.003  # weight of the entropy bonus
+    ent_coef: float = 0.003  # weight of the entropy bonus (all heads) at the start of PPO
+    ent_coef_end: float = 0.0003  # ... decayed linearly to this over --ent-decay-steps
+    ent_decay_steps: int = 100_000  # PPO rounds of that decay (not --total-steps: a resume may change that)
+    value_norm: bool = True  # critic learns returns normalised by running mean/std (--no-value-norm: raw)
+    baseline: Literal["gae", "input"] = "gae"  # advantages: GAE, or Decima's input-driven baseline
+    rollouts_per_seed: int = 1  # episodes per arrival seed in an iteration (the input baseline needs >= 2)
     max_grad_norm: float = 0.5  # gradient-norm clip
     target_kl: float = 0.05  # stop an iteration's epochs past this approximate KL (0 = never)
 
@@ -47,7 +53,8 @@ class TrainConfig:
     scenario: str  # built-in scenario name or TOML file
     run_dir: str  # folder for TensorBoard logs and the checkpoint
     device: Literal["cpu", "cuda"] = "cpu"  # where the network updates run
-    envs: int = 2  # environments stepping in parallel worker processes
+    envs: int = 16  # episodes per PPO iteration, stepped in lockstep with batched forward passes
+    workers: int = 0  # processes sharing the --envs (0 = one per CPU core on cpu, 1 on cuda)
     total_steps: int = 100_000  # environment rounds of PPO (0 = only the imitation warm start)
     seed: int = 0  # seed of every random draw of the run
     imitate: str = "greedy"  # heuristic to imitate before PPO (warm start; '' to skip)
@@ -95,6 +102,7 @@ class TrainConfig:
             (self, "run_dir", bool(self.run_dir), "a folder"),
             (self, "device", self.device in ("cpu", "cuda"), "cpu or cuda"),
             (self, "envs", self.envs >= 1, "at least 1"),
+            (self, "workers", self.workers >= 0, "at least 0 (0 = automatic)"),
             (self, "total_steps", self.total_steps >= 0, "at least 0 (0 = imitation only)"),
             (self, "seed", self.seed >= 0, "at least 0"),
             (self, "imitation_episodes", self.imitation_episodes >= 0, "at least 0 (0 = 2 x --envs)"),
@@ -119,7 +127,29 @@ class TrainConfig:
             (p, "ent_coef", p.ent_coef >= 0, "at least 0"),
             (p, "max_grad_norm", p.max_grad_norm > 0, "greater than 0"),
             (p, "target_kl", p.target_kl >= 0, "at least 0 (0 = never stop early)"),
+            (p, "ent_coef_end", p.ent_coef_end >= 0, "at least 0"),
+            (p, "ent_decay_steps", p.ent_decay_steps >= 0, "at least 0"),
+            (p, "baseline", p.baseline in ("gae", "input"), "gae or input"),
+            (p, "rollouts_per_seed", p.rollouts_per_seed >= (2 if p.baseline == "input" else 1)
+             and self.envs % p.rollouts_per_seed == 0,
+             f"at least {2 if p.baseline == 'input' else 1} (2 or more for --baseline input) and divide --envs "
+             f"({self.envs})"),
         ]
+
+    def worker_count(self) -> int:
+        """--workers, with 0 resolved: one process on cuda (large batches on the device), else one
+        per core, never more than --envs."""
+        import os
+
+        if self.workers:
+            return min(self.workers, self.envs)
+        return 1 if self.device == "cuda" else max(1, min(os.cpu_count() or 1, self.envs))
+
+    def ent_coef_at(self, steps: int) -> float:
+        """The entropy coefficient after `steps` PPO rounds (linear from ent_coef to ent_coef_end;
+        0 decay steps: ent_coef_end at once)."""
+        frac = min(1.0, steps / self.ppo.ent_decay_steps) if self.ppo.ent_decay_steps else 1.0
+        return self.ppo.ent_coef + frac * (self.ppo.ent_coef_end - self.ppo.ent_coef)
 
 
 def flag(name: str) -> str:

@@ -3,6 +3,10 @@ window (plus "do nothing"), then node and per-resource allocation heads conditio
 task, all masked to feasible values; and a centralised critic over the global graph.
 
 log π(action) = log π(task) + log π(node | task) + Σ_r log π(alloc_r | task, node, alloc_<r).
+
+With `separate_critic` the critic has its own encoder: the actor's and the critic's gradients then
+touch disjoint parameters (the PPO update clips and reports each group's norm on its own), so a
+large value loss cannot swamp the policy gradient in the shared layers.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class ModelConfig:
     layers: int = 2
     heads: int = 2
     encoder: str = "graph"  # "graph", or "mlp" for the no-graph ablation
+    separate_critic: bool = False  # the critic's own encoder (False: shared with the actor)
 
     @classmethod
     def for_scenario(cls, scenario: Scenario, **kw) -> "ModelConfig":
@@ -99,6 +104,7 @@ class TapFingerNet(nn.Module):
         self.alloc_heads = nn.ModuleList([nn.Linear(H, g + 1) for g in cfg.grid_max])
         self.alloc_embed = nn.ModuleList([nn.Embedding(g + 1, H) for g in cfg.grid_max])
         self.critic = mlp(2 * H, H, 1)
+        self.critic_encoder = Encoder(cfg) if cfg.separate_critic else None
 
     # ------------------------------------------------------------------ shared parts
     def encode(self, batch: GraphBatch) -> dict[str, torch.Tensor]:
@@ -109,8 +115,19 @@ class TapFingerNet(nn.Module):
         h["value_in"] = pooled
         return h
 
-    def values(self, h: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.critic(h["value_in"]).squeeze(-1)
+    def values(self, h: dict[str, torch.Tensor], batch: GraphBatch) -> torch.Tensor:
+        """The critic's value of every (round, agent) of `batch` (h: the actor's `encode`)."""
+        if self.critic_encoder is None:
+            return self.critic(h["value_in"]).squeeze(-1)
+        hc = self.critic_encoder(batch)["cluster"]
+        glob = scatter(hc, batch.cluster_round, dim=0, dim_size=batch.num_rounds, reduce="mean")
+        return self.critic(torch.cat([hc[batch.agent_row], glob[batch.round_of_agent]], dim=-1)).squeeze(-1)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """"critic": the value head (and its encoder when separate); "actor": everything else."""
+        critic_ids = {id(p) for m in (self.critic, self.critic_encoder) if m is not None for p in m.parameters()}
+        return {"actor": [p for p in self.parameters() if id(p) not in critic_ids],
+                "critic": [p for p in self.parameters() if id(p) in critic_ids]}
 
     def window_embeddings(self, h: dict, batch: GraphBatch, rows: torch.Tensor) -> torch.Tensor:
         wr = batch.window_row[rows]

@@ -4,6 +4,9 @@ The round logic (plans, liveness rule, multi-task sequences, conflict resolution
 `agents.learned.acting.RoundPlanner`, shared with the exported-policy runtime; this module only
 supplies what scores a batch of deciding agents with the eager network: one forward pass of the
 encoder per round (reused by every choice of that round's sequences), then `actor.decide`.
+Sampled choices draw their uniforms from a numpy generator (`actor.uniform_columns` per agent, in
+the order of the request's agents): the batched collector (agents.learned.vector) draws the same
+ones, so both give the same episodes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from agents.base import Policy
 from agents.learned.acting import (ActingOptions, AgentDecision, Choices, RoundPlanner, RoundRecord, Step,
                                    round_arrays)
-from agents.learned.actor import decide
+from agents.learned.actor import decide, uniform_columns
 from agents.learned.batch import collate
 from agents.learned.masks import MASK_KEYS
 from agents.learned.model import TapFingerNet
@@ -26,6 +29,27 @@ __all__ = ["AgentDecision", "LearnedPolicy", "MASK_KEYS", "Planner", "RoundRecor
            "round_arrays"]
 
 
+def draw_uniforms(rng: np.random.Generator | None, rows: int, num_resources: int) -> np.ndarray | None:
+    """Uniforms in (0, 1] for `rows` sampled decisions (None: deterministic choices draw nothing)."""
+    if rng is None:
+        return None
+    return 1.0 - rng.random((rows, uniform_columns(num_resources)))
+
+
+def score_rows(net: TapFingerNet, h: dict, batch, rows: np.ndarray, masks: dict[str, np.ndarray],
+               uniforms: np.ndarray | None, device: torch.device, pointer: bool) -> Choices:
+    """The actor heads for `rows` of an encoded batch (deterministic when `uniforms` is None)."""
+    m = {k: torch.as_tensor(masks[k], device=device) for k in MASK_KEYS}
+    m["task_mask"] = m["task_mask"].bool()
+    m["node_mask"] = m["node_mask"].bool()
+    r = torch.as_tensor(rows, device=device)
+    u = None if uniforms is None else torch.as_tensor(uniforms, device=device)
+    d = decide(net, h, batch, r, m, deterministic=uniforms is None, uniforms=u, pointer=pointer)
+    prob = d.task_probs[torch.arange(r.shape[0], device=device), d.place + 1]  # "none" is choice 0
+    return Choices(d.place.cpu().numpy(), d.node.cpu().numpy(), d.alloc.cpu().numpy(), prob.cpu().numpy(),
+                   d.logp_task.cpu().numpy(), d.logp_rest.cpu().numpy())
+
+
 class _TorchRound:
     """One round encoded once; `score` runs the actor heads for a batch of agents."""
 
@@ -33,28 +57,24 @@ class _TorchRound:
         self.s = scorer
         self.batch = collate([arrays]).to(scorer.device)
         self.h = scorer.net.encode(self.batch)
-        self.values = scorer.net.values(self.h).cpu().numpy()
 
     def score(self, agents: np.ndarray, masks: dict[str, np.ndarray]) -> Choices:
         s = self.s
-        m = {k: torch.as_tensor(masks[k], device=s.device) for k in MASK_KEYS}
-        m["task_mask"] = m["task_mask"].bool()
-        m["node_mask"] = m["node_mask"].bool()
-        rows = torch.as_tensor(agents, device=s.device)
-        d = decide(s.net, self.h, self.batch, rows, m, deterministic=s.deterministic, generator=s.generator,
-                   pointer=s.pointer)
-        prob = d.task_probs[torch.arange(rows.shape[0], device=s.device), d.place + 1]  # "none" is choice 0
-        return Choices(d.place.cpu().numpy(), d.node.cpu().numpy(), d.alloc.cpu().numpy(), prob.cpu().numpy(),
-                       d.logp_task.cpu().numpy(), d.logp_rest.cpu().numpy(), self.values[agents])
+        u = None if s.deterministic else draw_uniforms(s.rng, len(agents), len(s.net.cfg.grid_max))
+        return score_rows(s.net, self.h, self.batch, agents, masks, u, s.device, s.pointer)
 
 
 class TorchScorer:
-    """Scores with the eager network: sampled choices, or greedy ones when `deterministic`."""
+    """Scores with the eager network: sampled choices (uniforms from `rng`), or greedy ones when
+    `deterministic`. Values are not computed while acting: PPO evaluates its critic on the stored
+    rounds in its update (agents.learned.ppo)."""
 
     def __init__(self, net: TapFingerNet, device: torch.device, deterministic: bool = False,
-                 generator: torch.Generator | None = None, pointer: bool = True):
+                 rng: np.random.Generator | None = None, pointer: bool = True):
+        if not deterministic and rng is None:
+            raise ValueError("sampled choices need a numpy generator (rng), or deterministic=True")
         self.net, self.device = net, device
-        self.deterministic, self.generator, self.pointer = deterministic, generator, pointer
+        self.deterministic, self.rng, self.pointer = deterministic, rng, pointer
 
     def for_round(self, arrays: dict[str, np.ndarray]) -> _TorchRound:
         return _TorchRound(self, arrays)
@@ -71,8 +91,8 @@ class Planner(RoundPlanner):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = False,
-            generator: torch.Generator | None = None) -> tuple[RoundActions, RoundRecord]:
-        scorer = TorchScorer(self.net, self.device, deterministic, generator, self.options.pointer)
+            rng: np.random.Generator | None = None) -> tuple[RoundActions, RoundRecord]:
+        scorer = TorchScorer(self.net, self.device, deterministic, rng, self.options.pointer)
         return self.plan_round(obs, scorer)
 
 
@@ -97,13 +117,13 @@ class LearnedPolicy(Policy):
             setattr(opts, k, v)
         self.planner = Planner(self.net, scenario, opts, device=device)
         self.deterministic = deterministic
-        self.generator = torch.Generator(device=device)
+        self.rng = np.random.default_rng(seed)
 
     def reset(self, seed: int) -> None:
         super().reset(seed)
         self.planner.reset()
-        self.generator.manual_seed(int(seed) + 0x7F)
+        self.rng = np.random.default_rng(int(seed) + 0x7F)
 
     def act(self, obs: dict[str, np.ndarray]) -> RoundActions:
-        actions, _ = self.planner.act(obs, deterministic=self.deterministic, generator=self.generator)
+        actions, _ = self.planner.act(obs, deterministic=self.deterministic, rng=self.rng)
         return actions

@@ -18,11 +18,14 @@ import torch
 from tqdm import tqdm
 
 from agents.learned.acting import ActingOptions
+from agents.learned.advantages import ValueNorm, attach_values, build_samples, explained_variance
 from agents.learned.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from agents.learned.collect import Collector, Episode, play_episode
+from agents.learned.collect import Episode, EpisodeJob, collect_lockstep
 from agents.learned.config import TrainConfig
 from agents.learned.model import TapFingerNet
-from agents.learned.ppo import build_samples, imitation_update, ppo_update
+from agents.learned.ppo import DivergedError, imitation_update, ppo_update
+from agents.learned.resume import check_resumable
+from agents.learned.workers import Collector
 from tapfinger.sim.scenario import Scenario
 
 EVAL_SEED_START = 900  # evaluation seeds during training; `tapfinger evaluate` defaults to >= 1000
@@ -38,16 +41,14 @@ class EvalResult:
     unfinished: int  # tasks left unfinished, all seeds together (never averaged in)
 
 
-def evaluate_policy(scenario: Scenario, net: TapFingerNet, acting: ActingOptions, seeds: list[int]) -> EvalResult:
-    """The network's greedy actions on `seeds`, measured as `tapfinger evaluate` measures."""
-    from agents.learned.policy import Planner
-
-    planner = Planner(net, scenario, acting)
-    g = torch.Generator()
-    episodes = []
-    for s in seeds:
-        g.manual_seed(s)
-        episodes.append(play_episode(scenario, planner, s, g, deterministic=True))
+def evaluate_policy(scenario: Scenario, net: TapFingerNet, acting: ActingOptions, seeds: list[int],
+                    device: str | torch.device = "cpu") -> EvalResult:
+    """The network's greedy actions on `seeds` (in lockstep), measured as `tapfinger evaluate` measures."""
+    was_training = net.training
+    net.eval()
+    episodes = collect_lockstep(scenario, net, acting, [EpisodeJob(s, deterministic=True) for s in seeds],
+                                device=device)
+    net.train(was_training)
     return EvalResult(float(np.mean([e.avg_jct for e in episodes])), sum(e.unfinished for e in episodes))
 
 
@@ -64,6 +65,8 @@ class Trainer:
         self.cfg = cfg.validate()
         self.scenario = scenario
         self.run_dir = Path(cfg.run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"--run-dir {self.run_dir} is a file, not a folder. Fix: pass a new or existing folder.")
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda asked for, but torch sees no CUDA device. Fix: use --device cpu, or "
@@ -74,7 +77,9 @@ class Trainer:
         self.model_cfg = cfg.model_config(scenario)
         self.net = TapFingerNet(self.model_cfg).to(self.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+        self.value_norm = ValueNorm(cfg.ppo.value_norm)
         self.iteration = 0
+        self.saved_iteration: int | None = None
         self.steps = 0
         self.imitation_done = False
         self.history: list[dict] = []
@@ -92,17 +97,15 @@ class Trainer:
                                   f"there, or give the run folder of an earlier `tapfinger train`.")
         ckpt = load_checkpoint(self.ckpt_path, self.scenario, expect_config=self.model_cfg)
         payload = ckpt.payload
-        if payload.get("acting") != self.cfg.acting_dict():
-            raise CheckpointError(f"{self.ckpt_path} was trained with acting options {payload.get('acting')}, "
-                                  f"not {self.cfg.acting_dict()}. Fix: use the same --multi-task/--no-bayes/"
-                                  f"--max-sequence/--no-pointer flags as that run.")
+        check_resumable(self.ckpt_path, payload, self.cfg)
         self.net.load_state_dict(ckpt.net.state_dict())
         self.optimizer.load_state_dict(payload["optimizer_state"])
-        self.iteration = int(payload["iteration"])
+        self.iteration = self.saved_iteration = int(payload["iteration"])
         self.steps = int(payload["step"])
         self.imitation_done = bool(payload.get("imitation_done", False))
         self.history = json.loads(payload.get("history", "[]"))
         self.started = float(payload.get("started", self.started))
+        self.value_norm = ValueNorm(self.cfg.ppo.value_norm, json.loads(payload.get("value_norm", "{}")))
         torch.set_rng_state(payload["rng"]["torch"])
 
     def save(self, path: Path | None = None) -> None:
@@ -112,15 +115,17 @@ class Trainer:
                                                 "imitation_done": self.imitation_done,
                                                 "started": self.started,
                                                 "train_config": json.dumps(asdict(self.cfg)),
+                                                "value_norm": json.dumps(self.value_norm.state()),
                                                 "history": json.dumps(self.history)})
+        if path is None:
+            self.saved_iteration = self.iteration
 
     # ------------------------------------------------------------------ loop
-    def _jobs(self, n: int, seed_base: int, teacher: str = "", learner_acts: bool = False) -> list[tuple]:
-        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-        cfg = self.model_cfg.to_dict()
-        return [(self.scenario, cfg, state, self.cfg.acting_dict(), seed_base + e,
-                 (self.cfg.seed * 1_000_003 + seed_base + e) % (2**31), self.cfg.reward_scale, teacher, learner_acts)
-                for e in range(n)]
+    def _jobs(self, n: int, seed_base: int, teacher: str = "", learner_acts: bool = False) -> list[EpisodeJob]:
+        """`n` episodes; with --rollouts-per-seed K, K consecutive episodes share an arrival seed."""
+        k = self.cfg.ppo.rollouts_per_seed if not teacher else 1
+        return [EpisodeJob(seed_base + e // k, (self.cfg.seed * 1_000_003 + seed_base + e) % (2**31), teacher,
+                           learner_acts) for e in range(n)]
 
     def train(self, log=print) -> dict:
         from torch.utils.tensorboard import SummaryWriter
@@ -128,86 +133,122 @@ class Trainer:
         writer = SummaryWriter(str(self.run_dir))
         if self.iteration == 0 and not self.imitation_done:
             writer.add_text("hyperparameters", self.cfg.hparam_table())
-        collector = Collector(self.cfg.envs)
+        collector = Collector(self.scenario, self.cfg.acting, self.cfg.worker_count(), self.cfg.reward_scale,
+                              self.device)
         try:
-            if self.cfg.imitate and not self.imitation_done:
-                self._imitate(collector, writer, log)
-            bar = tqdm(total=self.cfg.total_steps, initial=min(self.steps, self.cfg.total_steps), unit="step",
-                       desc=f"train {self.scenario.name}", disable=not self.progress)
-            evaluator = _PeriodicEvaluation(self, writer, bar)
-            while self.steps < self.cfg.total_steps:
-                entry = self._ppo_iteration(collector, writer, bar)
-                if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
-                    entry.update(evaluator.run())
-                self.history.append(entry)
-                if self.iteration % self.cfg.checkpoint_every == 0 or self.steps >= self.cfg.total_steps:
-                    self.save()
-            bar.close()
+            self._loop(collector, writer, log)
+        except KeyboardInterrupt:
+            collector.terminate()
+            raise KeyboardInterrupt(self._stopped_line("stopped by Ctrl-C")) from None
+        except DivergedError as exc:
+            collector.terminate()
+            raise RuntimeError(f"{self._stopped_line(f'training diverged at iteration {self.iteration + 1} ({exc})')}"
+                               f" Fix: lower --lr (now {self.cfg.ppo.lr}) or --max-grad-norm "
+                               f"(now {self.cfg.ppo.max_grad_norm}).") from None
         finally:
             collector.close()
             writer.close()
         self.save()
         return {"iterations": self.iteration, "steps": self.steps, "history": self.history}
 
+    def _stopped_line(self, why: str) -> str:
+        if self.saved_iteration is None:
+            return f"{why}; nothing was saved yet (no iteration finished)."
+        return (f"{why}; {self.ckpt_path} holds the last finished iteration ({self.saved_iteration}). "
+                f"Continue with the same command plus --resume.")
+
+    def _loop(self, collector: Collector, writer, log) -> None:
+        if self.cfg.imitate and not self.imitation_done:
+            self._imitate(collector, writer, log)
+        bar = tqdm(total=self.cfg.total_steps, initial=min(self.steps, self.cfg.total_steps), unit="step",
+                   desc=f"train {self.scenario.name}", disable=not self.progress)
+        evaluator = _PeriodicEvaluation(self, writer, bar)
+        while self.steps < self.cfg.total_steps:
+            entry = self._ppo_iteration(collector, writer, bar)
+            if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
+                entry.update(evaluator.run())
+            self.history.append(entry)
+            if self.iteration % self.cfg.checkpoint_every == 0 or self.steps >= self.cfg.total_steps:
+                self.save()
+        bar.close()
+
     def _ppo_iteration(self, collector: Collector, writer, bar) -> dict:
         """Collect `envs` episodes, one PPO update; returns the iteration's history entry."""
         t0 = time.perf_counter()
         # Training episodes use seeds from 10_000 up: never the evaluation seeds (< 10_000).
         seed_base = 10_000 + self.iteration * self.cfg.envs + self.cfg.seed * 1_000_000
-        episodes = collector.run(self._jobs(self.cfg.envs, seed_base))
-        rounds = sum(e.num_rounds for e in episodes)
-        samples = build_samples(episodes, self.cfg.ppo.gamma, self.cfg.ppo.gae_lambda)
+        episodes = collector.run(self.net, self._jobs(self.cfg.envs, seed_base))
         t1 = time.perf_counter()
+        rounds = sum(e.num_rounds for e in episodes)
+        attach_values(self.net, episodes, self.value_norm, self.device)
+        samples = build_samples(episodes, self.cfg.ppo.gamma, self.cfg.ppo.gae_lambda, self.cfg.ppo.baseline)
+        ev = explained_variance(np.array([s.old_value for s in samples]), np.array([s.ret for s in samples]))
+        self.value_norm.update(np.array([s.ret for s in samples]))
+        ent_coef = self.cfg.ent_coef_at(self.steps)
         self.net.train()
         stats = ppo_update(self.net, self.optimizer, samples, episodes, self.cfg.ppo,
-                           np.random.default_rng([self.cfg.seed, self.iteration]), self.device)
+                           np.random.default_rng([self.cfg.seed, self.iteration]), self.device,
+                           self.value_norm, ent_coef)
         self.net.eval()
         t2 = time.perf_counter()
         self.iteration += 1
         self.steps += rounds
         bar.update(rounds)
         avg_jct, unfinished = _episode_quality(episodes)
-        writer.add_scalar("charts/episodic_return", float(np.mean([e.episodic_return for e in episodes])),
-                          self.steps)
-        writer.add_scalar("charts/avg_jct", avg_jct, self.steps)
-        if unfinished:
-            writer.add_scalar("charts/unfinished_tasks", unfinished, self.steps)
-        writer.add_scalar("charts/SPS", rounds / (t2 - t0), self.steps)
-        writer.add_scalar("charts/updates_per_s", 1.0 / max(t2 - t1, 1e-9), self.steps)
-        for k, v in stats.items():
-            writer.add_scalar(f"losses/{k}", v, self.steps)
+        stats.update(explained_variance=ev, ent_coef=ent_coef)
+        _log_iteration(writer, self.steps, episodes, stats, rounds / (t1 - t0), rounds / (t2 - t0), t2 - t1)
         return {"iteration": self.iteration, "step": self.steps, "train_avg_jct": avg_jct,
-                "unfinished_tasks": unfinished, "sps": rounds / (t2 - t0), "collect_s": t1 - t0,
-                "update_s": t2 - t1, "wall": time.time(), **stats}
+                "unfinished_tasks": unfinished, "sps": rounds / (t2 - t0), "rounds_per_s": rounds / (t1 - t0),
+                "collect_s": t1 - t0, "update_s": t2 - t1, "wall": time.time(), **stats}
 
     def _imitate(self, collector: Collector, writer, log) -> None:
         """Behaviour cloning of the teacher, then DAgger: the learner plays, the teacher labels the
         states the learner visits, and the aggregated data is fitted again."""
         n = self.cfg.imitation_episodes or 2 * self.cfg.envs
         seed_base = 5_000_000 + self.cfg.seed * 1000
-        episodes = collector.run(self._jobs(n, seed_base, teacher=self.cfg.imitate))
+        episodes = collector.run(self.net, self._jobs(n, seed_base, teacher=self.cfg.imitate))
         rng = np.random.default_rng([self.cfg.seed, 7])
         step = 0
         for k in range(self.cfg.dagger_rounds + 1):
             if k:
-                new = collector.run(self._jobs(max(1, n // 2), seed_base + 100_000 * k, teacher=self.cfg.imitate,
-                                               learner_acts=True))
+                new = collector.run(self.net, self._jobs(max(1, n // 2), seed_base + 100_000 * k,
+                                                         teacher=self.cfg.imitate, learner_acts=True))
                 avg_jct, unfinished = _episode_quality(new)
                 left = f" ({unfinished} tasks unfinished)" if unfinished else ""
                 log(f"DAgger round {k}: learner avg JCT {avg_jct:.3f}{left}")
                 writer.add_scalar("imitation/learner_avg_jct", avg_jct, k)
                 episodes = episodes + new
             samples = build_samples(episodes, self.cfg.ppo.gamma, 1.0)  # values 0: Monte-Carlo returns
+            if k == 0:
+                self.value_norm.update(np.array([s.ret for s in samples]))
             epochs = self.cfg.imitation_epochs if k == 0 else max(2, self.cfg.imitation_epochs // 3)
+            self.net.train()
             losses = imitation_update(self.net, self.optimizer, samples, episodes, epochs,
-                                      self.cfg.ppo.minibatch_rounds, rng, self.device)
-            for l in losses:
-                writer.add_scalar("imitation/nll", l, step)
+                                      self.cfg.ppo.minibatch_rounds, rng, self.device, self.value_norm)
+            self.net.eval()
+            for loss in losses:
+                writer.add_scalar("imitation/nll", loss, step)
                 step += 1
             log(f"imitation of {self.cfg.imitate} (round {k}): {len(samples)} decisions from {len(episodes)} "
                 f"episodes, NLL {losses[0]:.3f} -> {losses[-1]:.3f}")
         self.imitation_done = True
         self.save()
+
+
+def _log_iteration(writer, steps: int, episodes: list[Episode], stats: dict, collect_rate: float,
+                   overall_rate: float, update_s: float) -> None:
+    avg_jct, unfinished = _episode_quality(episodes)
+    writer.add_scalar("charts/episodic_return", float(np.mean([e.episodic_return for e in episodes])), steps)
+    writer.add_scalar("charts/avg_jct", avg_jct, steps)
+    if unfinished:
+        writer.add_scalar("charts/unfinished_tasks", unfinished, steps)
+    writer.add_scalar("charts/rounds_per_s", collect_rate, steps)  # collection alone
+    writer.add_scalar("charts/SPS", overall_rate, steps)  # collection + update
+    writer.add_scalar("charts/updates_per_s", 1.0 / max(update_s, 1e-9), steps)
+    writer.add_scalar("charts/ent_coef", stats["ent_coef"], steps)
+    for k, v in stats.items():
+        if k != "ent_coef":
+            writer.add_scalar(f"losses/{k}", v, steps)
 
 
 def _episode_quality(episodes: list[Episode]) -> tuple[float, int]:
@@ -228,8 +269,7 @@ class _PeriodicEvaluation:
         t, cfg, writer = self.trainer, self.trainer.cfg, self.writer
         if self.baseline is None:
             self.baseline = heuristic_avg_jct(t.scenario, cfg.eval_heuristic, self.seeds)
-        ev = evaluate_policy(t.scenario, t.net.cpu(), cfg.acting, self.seeds)
-        t.net.to(t.device)
+        ev = evaluate_policy(t.scenario, t.net, cfg.acting, self.seeds, t.device)
         writer.add_scalar("eval/avg_jct", ev.avg_jct, t.steps)
         writer.add_scalar(f"eval/avg_jct_{cfg.eval_heuristic}", self.baseline, t.steps)
         if ev.unfinished:

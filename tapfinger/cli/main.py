@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: one line, no traceback. A command that kept finished work re-raises
+        # KeyboardInterrupt("what was saved, how to resume") and that is the line printed.
+        said = f": {exc.args[0]}" if exc.args else ""
+        print(f"tapfinger {args.command}: interrupted{said}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # User errors (bad scenario, trace, checkpoint, flags) are reported without a traceback.
         print(f"tapfinger {args.command}: error: {exc}", file=sys.stderr)

@@ -35,17 +35,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, passthrough=True)
 
 
-def parse(argv: list[str]) -> TrainCommand:
-    """The command from its arguments (tyro prints usage errors and `--help` itself, then exits)."""
+def parse(argv: list[str], default: TrainCommand | None = None) -> TrainCommand:
+    """The command from its arguments (tyro prints usage errors and `--help` itself, then exits);
+    flags not given take their values from `default` when there is one."""
     import tyro
 
-    return tyro.cli(TrainCommand, args=argv, prog="tapfinger train", description=DESCRIPTION,
+    return tyro.cli(TrainCommand, args=argv, prog="tapfinger train", description=DESCRIPTION, default=default,
                     # flat flag names for nested options; one flag per switch (--multi-task, --no-bayes)
                     config=(tyro.conf.OmitArgPrefixes, tyro.conf.FlagCreatePairsOff))
 
 
+def config_from_dict(d: dict) -> TrainConfig:
+    """A TrainConfig from its stored `asdict` form (keys of older versions ignored, new ones default)."""
+    from dataclasses import fields
+
+    from agents.learned.acting import ActingOptions
+    from agents.learned.config import ModelOptions, PPOConfig
+
+    def build(cls, values: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    top = {k: v for k, v in d.items() if k not in ("model", "acting", "ppo")}
+    return build(TrainConfig, {**top, "model": build(ModelOptions, d.get("model", {})),
+                               "acting": build(ActingOptions, d.get("acting", {})),
+                               "ppo": build(PPOConfig, d.get("ppo", {}))})
+
+
+def resume_command(argv: list[str], cmd: TrainCommand) -> TrainCommand:
+    """With --resume, flags not given keep the run's stored values (so only given flags can differ
+    from the run: agents.learned.resume refuses those that may not)."""
+    import json
+    from pathlib import Path
+
+    from agents.learned.checkpoint import read_payload
+
+    path = Path(cmd.training.run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return cmd  # the Trainer says that there is nothing to resume
+    raw = read_payload(path).get("train_config")
+    if not raw:
+        return cmd
+    return parse(argv, default=TrainCommand(config_from_dict(json.loads(raw)), resume=True, quiet=cmd.quiet))
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = parse(args.argv)  # first: `--help` and flag errors need neither torch nor the scenario
+    if cmd.resume:
+        cmd = resume_command(args.argv, cmd)
     cfg = cmd.training.validate()
     from agents.learned.train import Trainer
     from tapfinger.sim.scenario import load_scenario
