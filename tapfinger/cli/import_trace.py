@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replay this many times faster than the trace's clock (default 1)")
     p.add_argument("--min-work", type=float, default=0.25, help="lower clip of a job's work (default 0.25)")
     p.add_argument("--max-work", type=float, default=4.0, help="upper clip of a job's work (default 4)")
-    p.add_argument("--out", required=True, help="trace CSV to write")
+    p.add_argument("--out", required=True,
+                   help="trace CSV to write; an existing file is replaced only if import-trace wrote it")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it is not a trace that import-trace wrote")
     p.set_defaults(func=run)
 
 
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from tapfinger.sim.traces import TraceError, write_trace
     from tapfinger.testbed.philly import PhillyImport, import_philly, parse_start, read_philly
 
+    check_out(args.out, args.force)
     try:
         edges = tuple(float(x) for x in args.gpu_time_edges.split(",") if x.strip())
     except ValueError:
@@ -49,8 +53,31 @@ def run(args: argparse.Namespace) -> int:
     spec.check()
     jobs = read_philly(resolve_data_path(args.philly, None))
     trace = import_philly(jobs, spec, source=args.philly)
-    write_trace(args.out, trace)
+    try:
+        write_trace(args.out, trace)
+    except OSError as exc:  # e.g. a folder without write permission
+        raise TraceError(f"--out {args.out}: cannot be written ({exc.strerror}). Fix: choose a writable "
+                         f"place") from None
     counts = {t: trace.task_type.count(t) for t in spec.types}
     print(f"wrote {trace.num_tasks} task(s) to {args.out} ({', '.join(f'{t} {n}' for t, n in counts.items())}; "
           f"last arrival at {trace.arrival_seconds[-1]:g} s, mean work {trace.work.mean():.2f})")
     return 0
+
+
+def check_out(out: str, force: bool) -> None:
+    """Refuse, before reading anything, an --out that cannot be written or that holds a file
+    this command did not write (the import would replace it)."""
+    from pathlib import Path
+
+    from tapfinger.sim.traces import TraceError
+    from tapfinger.testbed.philly import made_by_import
+
+    path = Path(out)
+    if path.is_dir():
+        raise TraceError(f"--out {out}: is a directory. Fix: give a file path such as {path / 'trace.csv'}")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise TraceError(f"--out {out}: {parent} is a file, not a directory. Fix: choose another --out")
+    if path.exists() and not force and not made_by_import(path):
+        raise TraceError(f"--out {out}: the file exists and was not written by `tapfinger import-trace`. "
+                         f"Fix: choose another --out, or add --force to replace it")

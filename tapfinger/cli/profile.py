@@ -36,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "CPUs (default 0.1)")
     p.add_argument("--retries", type=int, default=2,
                    help="re-measurements allowed per row; the least disturbed is kept (default 2)")
-    p.add_argument("--out", required=True, help="profile CSV to write or resume; the sidecar is OUT.json")
+    p.add_argument("--out", required=True,
+                   help="profile CSV to write or resume; the sidecar is OUT with .json (e.g. prof.csv -> prof.json)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out or its sidecar even if they were not written by `tapfinger profile` "
+                        "(without it such files are never overwritten)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -53,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
         batch_sizes=parse_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes else (),
         samples=args.samples, warmup=args.warmup, repeats=args.repeats, seed=args.seed,
         wait_idle=args.wait_idle, max_contention=args.max_contention, retries=args.retries)
-    rows = run_profile(req, args.out, progress=not args.no_progress, argv=req.command(args.out))
+    rows = run_profile(req, args.out, progress=not args.no_progress, argv=req.command(args.out), force=args.force)
     print(f"wrote {len(rows)} row(s) to {args.out} (machine and parameters in {sidecar_path(args.out)})")
     return 0

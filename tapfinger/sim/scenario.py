@@ -23,6 +23,12 @@ PROGRESS_MODELS = ("synthetic", "profile")
 # Resources every progress model is indexed by; others (e.g. `mem`) are requirements only.
 SPEED_RESOURCES = ("cpu", "gpu")
 SHARED_DATA_ENV = "TAPFINGER_SHARED_DATA"
+# Size limits, far above real use (the built-ins have <= 2000 tasks, <= 6 per slot, 100000 slots)
+# but low enough that drawing a workload takes seconds, not hours: the Poisson stream is drawn
+# slot by slot, so its cost grows with tasks / rate. docs/scenario-format.md lists them.
+MAX_TASKS = 1_000_000  # tasks per episode
+MAX_RATE = 1_000_000.0  # mean new tasks per slot
+MAX_SLOTS = 10_000_000  # `max_slots` (1.6 years of 5-second slots)
 
 
 class ScenarioError(ValueError):
@@ -104,7 +110,16 @@ def shared_data_dirs() -> list[Path]:
     """Where `shared:` paths are looked for, in order."""
     dirs = []
     if os.environ.get(SHARED_DATA_ENV):
-        dirs.append(Path(os.environ[SHARED_DATA_ENV]))
+        chosen = Path(os.environ[SHARED_DATA_ENV]).expanduser()
+        # A variable that points nowhere is a mistake to report, not a reason to quietly use
+        # whatever copy of the data lies beside the repository instead.
+        if not chosen.is_dir():
+            what = "is a file" if chosen.exists() else "does not exist"
+            raise ScenarioError(
+                f"{SHARED_DATA_ENV}={os.environ[SHARED_DATA_ENV]!r}: {what}, so `shared:` data cannot be "
+                f"looked up there. Fix: point {SHARED_DATA_ENV} at the shared data folder (the one holding "
+                f"tapfinger-testbed/ and philly/), or unset it to use ../shared/data beside the repository")
+        dirs.append(chosen)
     repo_root = Path(__file__).resolve().parents[2]
     dirs += [repo_root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data",
              Path.cwd() / "shared" / "data"]
@@ -161,20 +176,35 @@ def _profile_digest(scenario: Scenario) -> str:
         return f"unreadable:{scenario.profile}"
 
 
+def fingerprint_parts(scenario: Scenario) -> dict[str, Any]:
+    """The parts `scenario_fingerprint` hashes, by name, in its order: what a refusal names when
+    a checkpoint or exported file was made for a scenario of the same name but other content."""
+    return {
+        "resources": scenario.resources,
+        "cluster nodes": tuple((c.nodes) for c in scenario.clusters),
+        "task types and minimums": tuple((t.name, t.minimum) for t in scenario.task_types),
+        "grid": scenario.grid_max,
+        "window": scenario.window_size,
+        # the policy's environment dynamics beyond shapes
+        "progress models": tuple((t.progress.model, float(t.progress.gpu_scale), float(t.progress.base),
+                                  t.progress.profile_task) for t in scenario.task_types),
+        "profile table (sha256)": _profile_digest(scenario),
+        "visibility": scenario.visibility,
+        "switch weight": float(scenario.switch_weight),
+        "preemption": bool(scenario.allow_preemption),
+        "slot seconds": float(scenario.slot_seconds),
+        "start-up seconds": float(scenario.startup_seconds),
+    }
+
+
 def scenario_fingerprint(scenario: Scenario) -> str:
     """What a trained policy depends on: resources, clusters and nodes, task types (name, minimum,
     progress model, and the profile table's content for profile models), grid and window,
     visibility, switch weight, preemption, and the slot and start-up seconds (which shape the
     progress tables). Not the arrivals (a policy serves any episode length or rate), nor names
-    and descriptions of the scenario or its clusters, nor `max_slots`."""
-    parts = (scenario.resources, tuple((c.nodes) for c in scenario.clusters),
-             tuple((t.name, t.minimum) for t in scenario.task_types), scenario.grid_max, scenario.window_size,
-             # the policy's environment dynamics beyond shapes
-             tuple((t.progress.model, float(t.progress.gpu_scale), float(t.progress.base), t.progress.profile_task)
-                   for t in scenario.task_types),
-             _profile_digest(scenario), scenario.visibility, float(scenario.switch_weight),
-             bool(scenario.allow_preemption), float(scenario.slot_seconds), float(scenario.startup_seconds))
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    and descriptions of the scenario or its clusters, nor `max_slots`. The hash of the tuple of
+    `fingerprint_parts` (the value the shipped checkpoints store)."""
+    return hashlib.sha256(repr(tuple(fingerprint_parts(scenario).values())).encode()).hexdigest()[:16]
 
 
 def builtin_names() -> list[str]:
@@ -186,6 +216,19 @@ def builtin_text(name: str) -> str:
     return resources.files("tapfinger").joinpath("scenarios", f"{name}.toml").read_text()
 
 
+def _read_toml_text(path: Path) -> str:
+    """A scenario file's text. TOML is UTF-8; a leading byte-order mark (which some Windows
+    editors write) is dropped rather than reported as "Invalid statement at line 1"."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"scenario {path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}). "
+                            f"Fix: save the file as UTF-8 (TOML files are UTF-8)") from None
+    except OSError as exc:
+        raise ScenarioError(f"scenario {path}: cannot be read ({exc.strerror}). Fix: check the file's "
+                            f"permissions") from None
+
+
 def load_scenario(name_or_path: str | Path, resolve_files: bool = True) -> Scenario:
     """Load a built-in scenario by name, or a TOML file by path."""
     spec = str(name_or_path)
@@ -193,11 +236,14 @@ def load_scenario(name_or_path: str | Path, resolve_files: bool = True) -> Scena
         text, source, base_dir = builtin_text(spec), f"<built-in {spec}>", None
     else:
         path = Path(spec)
+        if path.is_dir():
+            raise ScenarioError(f"scenario {spec}: is a directory, not a TOML file. Fix: give the path of "
+                                f"a scenario file, e.g. {path / 'my-scenario.toml'}")
         if not path.is_file():
             raise ScenarioError(f"unknown scenario '{spec}': not a built-in name and no such file. Fix: use "
                                 f"one of {', '.join(builtin_names())} (see `tapfinger scenarios`), or a "
                                 f"path to a TOML scenario file.")
-        text, source, base_dir = path.read_text(), str(path), path.resolve().parent
+        text, source, base_dir = _read_toml_text(path), str(path), path.resolve().parent
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -8,11 +8,13 @@ reports the same one first. docs/scenario-format.md documents every key.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from tapfinger.sim.scenario import (ARRIVAL_PROCESSES, PROGRESS_MODELS, SPEED_RESOURCES, VISIBILITY_MODES, Arrivals,
-                                    Cluster, ProgressSpec, Scenario, ScenarioError, TaskType, resolve_data_path)
+from tapfinger.sim.scenario import (ARRIVAL_PROCESSES, MAX_RATE, MAX_SLOTS, MAX_TASKS, PROGRESS_MODELS, SPEED_RESOURCES,
+                                    VISIBILITY_MODES, Arrivals, Cluster, ProgressSpec, Scenario, ScenarioError, TaskType,
+                                    resolve_data_path)
 
 TOP_LEVEL_KEYS = {"name", "description", "resources", "clusters", "task_types", "arrivals", "grid_max",
                   "visibility", "window_size", "slot_seconds", "switch_weight", "allow_preemption",
@@ -48,6 +50,10 @@ class _Reader:
                high: float | None = None, strict_low: bool = False) -> float:
         value = self.get(table, key, path, (int, float), default)
         full = f"{path}.{key}" if path else key
+        # TOML has `nan` and `inf`; every comparison with NaN is false, so it would pass the
+        # range checks below and surface later as NaN JCTs or a numpy message without a key.
+        if not math.isfinite(value):
+            raise self.fail(full, f"must be a finite number, got {value}", "write an ordinary number")
         if low is not None and (value < low or (strict_low and value <= low)):
             op = ">" if strict_low else ">="
             raise self.fail(full, f"must be {op} {low}, got {value}", f"set it {op} {low}")
@@ -55,11 +61,14 @@ class _Reader:
             raise self.fail(full, f"must be <= {high}, got {value}", f"set it <= {high}")
         return value
 
-    def integer(self, table: dict, key: str, path: str, default: Any = ..., *, low: int | None = None) -> int:
+    def integer(self, table: dict, key: str, path: str, default: Any = ..., *, low: int | None = None,
+                high: int | None = None, why: str = "") -> int:
         value = self.get(table, key, path, int, default)
         full = f"{path}.{key}" if path else key
         if low is not None and value < low:
             raise self.fail(full, f"must be an integer >= {low}, got {value}", f"set it >= {low}")
+        if high is not None and value > high:
+            raise self.fail(full, f"must be <= {high}{why}, got {value}", f"set it <= {high}")
         return value
 
     def choice(self, table: dict, key: str, path: str, options: tuple[str, ...], default: Any = ...) -> str:
@@ -109,6 +118,7 @@ def parse_scenario(data: dict, source: str, base_dir: Path | None = None,
                     arrivals=arrivals, grid_max=grid_max, profile=profile, source=source,
                     **_settings(rd, data))
     _check_startable(scen, rd)
+    _check_arrival_span(scen, rd)
     return scen
 
 
@@ -200,12 +210,15 @@ def _arrivals(rd: _Reader, data: dict, base_dir: Path | None, resolve_files: boo
     rd.unknown_keys(arr, "arrivals", {"process", "rate", "tasks", "trace"})
     process = rd.choice(arr, "process", "arrivals", ARRIVAL_PROCESSES, default="poisson")
     if process == "poisson":
-        return Arrivals(process, rate=float(rd.number(arr, "rate", "arrivals", low=0.0, strict_low=True)),
-                        tasks=rd.integer(arr, "tasks", "arrivals", low=1))
+        rate = rd.number(arr, "rate", "arrivals", low=0.0, strict_low=True, high=MAX_RATE)
+        return Arrivals(process, rate=float(rate), tasks=rd.integer(arr, "tasks", "arrivals", low=1, **_TASK_LIMIT))
     trace = rd.get(arr, "trace", "arrivals", str, fix="add `trace = \"arrivals.csv\"`")
     if resolve_files:
         trace = str(resolve_data_path(trace, base_dir))
-    return Arrivals(process, tasks=rd.integer(arr, "tasks", "arrivals", default=0, low=0), trace=trace)
+    return Arrivals(process, tasks=rd.integer(arr, "tasks", "arrivals", default=0, low=0, **_TASK_LIMIT), trace=trace)
+
+
+_TASK_LIMIT = {"high": MAX_TASKS, "why": " (the limit on tasks per episode)"}
 
 
 def _profile(rd: _Reader, data: dict, task_types: tuple[TaskType, ...], base_dir: Path | None,
@@ -231,13 +244,44 @@ def _settings(rd: _Reader, data: dict) -> dict[str, Any]:
         "switch_weight": float(rd.number(data, "switch_weight", "", default=1.0, low=0.0, high=1.0)),
         "allow_preemption": rd.get(data, "allow_preemption", "", bool, default=True),
         "startup_seconds": float(rd.number(data, "startup_seconds", "", default=14.0, low=0.0)),
-        "max_slots": rd.integer(data, "max_slots", "", default=100_000, low=1),
+        "max_slots": rd.integer(data, "max_slots", "", default=100_000, low=1, high=MAX_SLOTS,
+                                why=" (the limit on an episode's length)"),
     }
 
 
 def _check_startable(scen: Scenario, rd: _Reader) -> None:
-    """Every task type must fit on at least one node, or its tasks would wait forever."""
+    """Every task type must fit on a node of every cluster that may be the only one to see one
+    of its tasks (any cluster, unless visibility is "all"), or that task would wait forever: the
+    episode would run to max_slots with it unfinished."""
     for i, t in enumerate(scen.task_types):
-        if not any(all(n >= m for n, m in zip(node, t.minimum)) for c in scen.clusters for node in c.nodes):
+        holds = [c.name for c in scen.clusters
+                 if any(all(n >= m for n, m in zip(node, t.minimum)) for node in c.nodes)]
+        if not holds:
             raise rd.fail(f"task_types[{i}].minimum", f"task type '{t.name}' fits on no node",
                           "lower its minimum or add a larger node")
+        lacking = [c.name for c in scen.clusters if c.name not in holds]
+        if lacking and scen.visibility != "all":
+            raise rd.fail(f"task_types[{i}].minimum",
+                          f"task type '{t.name}' fits only on cluster(s) {holds}, not on {lacking}; with "
+                          f"visibility = \"{scen.visibility}\" a task may be seen by cluster '{lacking[0]}' alone, "
+                          f"and would then never start",
+                          f"lower its minimum, give cluster(s) {lacking} a node that holds it, or set "
+                          f"visibility = \"all\"")
+
+
+def _check_arrival_span(scen: Scenario, rd: _Reader) -> None:
+    """Poisson arrivals must all come before the episode ends at max_slots: a task that arrives
+    later never arrives, so the results would silently cover fewer tasks than asked for (and
+    a tiny rate made drawing the workload, slot by slot, run for hours). With a mean of
+    rate × max_slots >= 2 × tasks + 30 arrivals by then, fewer than `tasks` arrive with a
+    probability below 1e-11 for every task count."""
+    arr = scen.arrivals
+    if arr.process != "poisson":
+        return  # traces: each row's time is checked against max_slots when the file is read
+    need = (2 * arr.tasks + 30) / scen.max_slots
+    if arr.rate < need:
+        raise rd.fail("arrivals.rate",
+                      f"{arr.rate:g} tasks per slot would take about {arr.tasks / arr.rate:.3g} slots to bring "
+                      f"the {arr.tasks} tasks, but an episode ends at max_slots = {scen.max_slots}",
+                      f"set rate >= {need:.3g} (= (2 × tasks + 30) / max_slots, so that every task arrives "
+                      f"in time), lower arrivals.tasks, or raise max_slots (at most {MAX_SLOTS})")

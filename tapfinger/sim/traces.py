@@ -17,7 +17,9 @@ Lines starting with `#` are comments (importers record how the file was made the
 lines are ignored. Times become slots with the scenario's `slot_seconds`: a task arriving
 during slot k (k · slot <= t < (k+1) · slot) arrives in slot k, and so does a deadline.
 Times within 1e-9 of a slot of a boundary count as on it, so that `write_trace` of a workload
-reads back to the same slots exactly.
+reads back to the same slots exactly. A scenario's trace must not have a row arriving at or after
+its `max_slots`: the episode ends first, so the task would never arrive (and would be missing
+from the results but not from the bound). The file is UTF-8; a leading byte-order mark is ignored.
 
 Only the visibility (which clusters see each task) is drawn at random, from the episode's
 generator, by the scenario's visibility mode: the same seed gives the same episode.
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -98,10 +101,19 @@ def _number(path: Path, line: int, column: str, text: str, fix: str) -> float:
     return value
 
 
-def read_trace(path: str | Path, task_types: Sequence[str] | None = None) -> Trace:
-    """Read and validate a trace file; with `task_types`, every row's type must be one of them."""
+class Horizon(NamedTuple):
+    """When a scenario's episode ends: its first `rows` rows (0 = all) must arrive before it."""
+
+    slot_seconds: float
+    max_slots: int
+    rows: int = 0
+
+
+def read_trace(path: str | Path, task_types: Sequence[str] | None = None, horizon: Horizon | None = None) -> Trace:
+    """Read and validate a trace file; with `task_types`, every row's type must be one of them;
+    with `horizon`, the rows it replays must arrive before the episode ends."""
     path = Path(path)
-    rows = _Rows(path, task_types)
+    rows = _Rows(path, task_types, horizon)
     comments: list[str] = []
     for lineno, raw in enumerate(_read_text(path).splitlines(), start=1):
         stripped = raw.strip()
@@ -119,22 +131,29 @@ def read_trace(path: str | Path, task_types: Sequence[str] | None = None) -> Tra
 
 
 def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise _fail(path, None, None, "is a directory, not a file", "give the path of the trace CSV file in it")
     if not path.is_file():
         raise _fail(path, None, None, "file not found",
                     "check the path (a scenario's `arrivals.trace` is relative to the scenario file; "
                     "`package:` and `shared:` prefixes name packaged and shared data)")
     try:
-        return path.read_text()
-    except UnicodeDecodeError:
-        raise _fail(path, None, None, "is not a text file", "give a CSV text file") from None
+        # utf-8-sig: a spreadsheet's byte-order mark would otherwise glue itself to the first column name
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _fail(path, None, None, f"is not a UTF-8 text file (byte {exc.start} is 0x{exc.object[exc.start]:02x})",
+                    "give a CSV text file saved as UTF-8") from None
+    except OSError as exc:
+        raise _fail(path, None, None, f"cannot be read ({exc.strerror})", "check the file's permissions") from None
 
 
 class _Rows:
     """The task rows of one trace file, validated cell by cell as they are read."""
 
-    def __init__(self, path: Path, task_types: Sequence[str] | None):
+    def __init__(self, path: Path, task_types: Sequence[str] | None, horizon: Horizon | None):
         self.path = path
         self.task_types = task_types
+        self.horizon = horizon
         self.known = set(task_types) if task_types is not None else None
         self.header: list[str] | None = None
         self.header_line = 0
@@ -177,6 +196,15 @@ class _Rows:
             raise _fail(self.path, lineno, "arrival_seconds", f"time {t:g} is earlier than the previous row's "
                         f"{self.arrivals[-1]:g}; rows must be sorted by arrival time",
                         "sort the rows by arrival_seconds (e.g. `sort -t, -k1,1g`), keeping the header first")
+        hz = self.horizon
+        replayed = hz is not None and (hz.rows == 0 or len(self.arrivals) < hz.rows)
+        if replayed and _slot_of(t, hz.slot_seconds) >= hz.max_slots:
+            slot, max_slots = hz.slot_seconds, hz.max_slots
+            raise _fail(self.path, lineno, "arrival_seconds",
+                        f"time {t:g} falls in slot {_slot_of(t, slot):.6g}, after the episode ends at max_slots = "
+                        f"{max_slots} ({max_slots * slot:g} s of {slot:g}-second slots), so the task would never arrive",
+                        "drop the rows from there on, replay only the first rows (arrivals.tasks), or raise the "
+                        "scenario's max_slots")
         return t
 
     def _task_type(self, lineno: int, name: str) -> str:
@@ -262,14 +290,21 @@ def write_trace(path: str | Path, trace: Trace, comments: Sequence[str] | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     notes = trace.comments if comments is None else tuple(comments)
-    with path.open("w", newline="") as fh:
-        for note in notes:
-            for line in str(note).splitlines() or [""]:
-                fh.write(f"# {line}\n")
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(TRACE_COLUMNS)
-        for t, name, w, d in zip(trace.arrival_seconds, trace.task_type, trace.work, trace.deadline_seconds):
-            writer.writerow([_num(t), name, _num(w), "" if math.isnan(d) else _num(d)])
+    # Written beside the target and renamed over it, so that an interrupted write leaves the old
+    # file (or none), never half a trace; the fixed name means a later write replaces a leftover.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            for note in notes:
+                for line in str(note).splitlines() or [""]:
+                    fh.write(f"# {line}\n")
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(TRACE_COLUMNS)
+            for t, name, w, d in zip(trace.arrival_seconds, trace.task_type, trace.work, trace.deadline_seconds):
+                writer.writerow([_num(t), name, _num(w), "" if math.isnan(d) else _num(d)])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def trace_from_workload(workload: Workload, scenario: Scenario) -> Trace:
@@ -281,9 +316,16 @@ def trace_from_workload(workload: Workload, scenario: Scenario) -> Trace:
                  workload.work.astype(np.float64).copy(), deadline.astype(np.float64))
 
 
+def _slot_of(seconds: float, slot_seconds: float) -> float:
+    """`seconds_to_slots` of one time, as a float (no int64 overflow for absurd times)."""
+    return math.floor(seconds / slot_seconds + SLOT_EPS)
+
+
 def seconds_to_slots(seconds: np.ndarray, slot_seconds: float) -> np.ndarray:
-    """The slot during which each time falls (see the module docstring)."""
-    return np.floor(np.asarray(seconds, dtype=np.float64) / slot_seconds + SLOT_EPS).astype(np.int64)
+    """The slot during which each time falls (see the module docstring). Clipped at 2**62 slots
+    (never reached), so that a far-off deadline cannot overflow int64 into a negative slot."""
+    slots = np.floor(np.asarray(seconds, dtype=np.float64) / slot_seconds + SLOT_EPS)
+    return np.minimum(slots, float(2**62)).astype(np.int64)
 
 
 def trace_to_workload(trace: Trace, scenario: Scenario, rng: np.random.Generator) -> Workload:
@@ -293,6 +335,11 @@ def trace_to_workload(trace: Trace, scenario: Scenario, rng: np.random.Generator
     if unknown:
         raise TraceError(f"trace has task type(s) {unknown} that scenario {scenario.name} lacks. Fix: use "
                          f"its task types ({', '.join(names)})")
+    late = np.flatnonzero(trace.arrival_seconds / scenario.slot_seconds + SLOT_EPS >= scenario.max_slots)
+    if late.size:  # `read_trace` with a horizon names the line; this guards traces built in code
+        raise TraceError(f"trace row {late[0]} arrives at {trace.arrival_seconds[late[0]]:g} s, after scenario "
+                         f"{scenario.name} ends at max_slots = {scenario.max_slots}. Fix: drop the late rows or "
+                         f"raise max_slots")
     deadline = np.full(trace.num_tasks, -1, dtype=np.int64)
     has = ~np.isnan(trace.deadline_seconds)
     deadline[has] = seconds_to_slots(trace.deadline_seconds[has], scenario.slot_seconds)
@@ -309,8 +356,8 @@ def trace_workload(scenario: Scenario, rng: np.random.Generator) -> Workload:
     """The workload of a trace scenario: its `arrivals.trace` file, first `arrivals.tasks` rows
     (0 = all), visibility drawn from `rng`."""
     names = [t.name for t in scenario.task_types]
-    trace = read_trace(scenario.arrivals.trace, names)
     want = scenario.arrivals.tasks
+    trace = read_trace(scenario.arrivals.trace, names, Horizon(scenario.slot_seconds, scenario.max_slots, want))
     if want > trace.num_tasks:
         raise TraceError(f"scenario {scenario.name}: arrivals.tasks = {want} but trace "
                          f"{scenario.arrivals.trace} has only {trace.num_tasks} rows. Fix: set "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.sim.scenario import Scenario
+from tapfinger.sim.scenario import MAX_RATE, MAX_SLOTS, MAX_TASKS, Scenario, ScenarioError
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ def _visible_sets(rng: np.random.Generator, count: int, num_clusters: int, mode:
 
 def poisson_workload(scenario: Scenario, rng: np.random.Generator) -> Workload:
     """Per slot Poisson(rate) new tasks until the episode's task count; types uniform."""
+    _check_poisson(scenario)
     total = scenario.arrivals.tasks
     n_clusters = scenario.num_clusters
     slots: list[int] = []
@@ -50,6 +51,10 @@ def poisson_workload(scenario: Scenario, rng: np.random.Generator) -> Workload:
     vis_rows: list[np.ndarray] = []
     slot = 0
     while len(slots) < total:
+        if slot >= MAX_SLOTS:
+            raise ScenarioError(f"scenario {scenario.source}: only {len(slots)} of {total} tasks arrived in "
+                                f"{MAX_SLOTS} slots at rate {scenario.arrivals.rate:g}. Fix: raise arrivals.rate "
+                                f"or lower arrivals.tasks")
         n = min(int(rng.poisson(scenario.arrivals.rate)), total - len(slots))
         for _ in range(n):
             slots.append(slot)
@@ -63,6 +68,15 @@ def poisson_workload(scenario: Scenario, rng: np.random.Generator) -> Workload:
         work=np.ones(total),
         deadline=np.full(total, -1, dtype=np.int64),
     )
+
+
+def _check_poisson(scenario: Scenario) -> None:
+    """The limits a TOML file is held to (tapfinger/sim/scenario_toml.py), for scenarios built
+    in code (`with_overrides`): past them the stream below would take hours and all memory."""
+    arr = scenario.arrivals
+    if not 1 <= arr.tasks <= MAX_TASKS or not (0 < arr.rate <= MAX_RATE):  # NaN fails the rate test
+        raise ScenarioError(f"scenario {scenario.source}: arrivals.tasks = {arr.tasks}, arrivals.rate = "
+                            f"{arr.rate:g}. Fix: use 1 <= tasks <= {MAX_TASKS} and 0 < rate <= {MAX_RATE:g}")
 
 
 def make_workload(scenario: Scenario, seed: int) -> Workload:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -41,63 +42,84 @@ class PhillyImport:
     max_work: float = 4.0
 
     def check(self) -> None:
-        if self.hours <= 0:
-            raise TraceError(f"--hours must be > 0, got {self.hours:g}")
+        # `not x > 0` and isfinite: NaN passes every comparison, inf overflows the window's timedelta
+        if not (self.hours > 0 and math.isfinite(self.hours)):
+            raise TraceError(f"--hours must be a finite number > 0, got {self.hours:g}")
         if not 0 < self.scale <= 1:
             raise TraceError(f"--scale must be in (0, 1] (the fraction of jobs kept), got {self.scale:g}")
-        if self.time_scale <= 0:
-            raise TraceError(f"--time-scale must be > 0, got {self.time_scale:g}")
+        if not (self.time_scale > 0 and math.isfinite(self.time_scale)):
+            raise TraceError(f"--time-scale must be a finite number > 0, got {self.time_scale:g}")
         if len(self.gpu_time_edges) != len(self.types) - 1:
             raise TraceError(f"{len(self.types)} task types need {len(self.types) - 1} GPU-time edges, got "
                              f"{len(self.gpu_time_edges)} ({list(self.gpu_time_edges)}). Fix: give "
                              f"--gpu-time-edges one value fewer than --types")
-        if list(self.gpu_time_edges) != sorted(self.gpu_time_edges) or any(e <= 0 for e in self.gpu_time_edges):
-            raise TraceError(f"--gpu-time-edges must be positive and increasing, got {list(self.gpu_time_edges)}")
+        edges = list(self.gpu_time_edges)
+        if edges != sorted(edges) or any(not 0 < e < math.inf for e in edges):
+            raise TraceError(f"--gpu-time-edges must be finite, positive and increasing, got "
+                             f"{list(self.gpu_time_edges)}")
         if len(set(self.types)) != len(self.types) or not all(self.types):
             raise TraceError(f"--types must be distinct non-empty names, got {list(self.types)}")
-        if not 0 < self.min_work <= self.max_work:
+        if not (0 < self.min_work <= self.max_work and math.isfinite(self.max_work)):
             raise TraceError(f"need 0 < --min-work <= --max-work, got {self.min_work:g} and {self.max_work:g}")
 
 
 def read_philly(path: str | Path) -> list[PhillyJob]:
-    """Jobs of a Philly summary CSV (header timestamp,duration,num_gpus,gpu_time[,cluster])."""
+    """Jobs of a Philly summary CSV (header timestamp,duration,num_gpus,gpu_time[,cluster]); UTF-8,
+    a leading byte-order mark ignored."""
     path = Path(path)
+    if path.is_dir():
+        raise TraceError(f"Philly trace {path}: is a directory, not a file. Fix: pass --philly with the path of "
+                         f"the job summary CSV (philly.csv)")
     if not path.is_file():
         raise TraceError(f"Philly trace {path}: file not found. Fix: pass --philly PATH, or set "
                          f"TAPFINGER_SHARED_DATA to the folder holding philly/philly.csv")
-    jobs = []
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip().lower() for h in next(reader, [])]
-        missing = [c for c in PHILLY_COLUMNS if c not in header]
-        if missing:
-            raise TraceError(f"Philly trace {path}, line 1: missing column(s) {missing} (header is {header}). "
-                             f"Fix: give the job summary CSV with columns {','.join(PHILLY_COLUMNS)}")
-        idx = [header.index(c) for c in PHILLY_COLUMNS]
-        for lineno, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) < len(header):
-                raise TraceError(f"Philly trace {path}, line {lineno}: {len(row)} cells, the header has "
-                                 f"{len(header)}. Fix: repair or drop the line")
-            ts, dur, ngpu, gtime = (row[i].strip() for i in idx)
-            try:
-                submitted = _dt.datetime.strptime(ts, PHILLY_TIME_FORMAT)
-            except ValueError:
-                raise TraceError(f"Philly trace {path}, line {lineno}, column 'timestamp': {ts!r} is not "
-                                 f"YYYY-MM-DD HH:MM:SS. Fix: repair or drop the line") from None
-            try:
-                job = PhillyJob(submitted, float(dur), int(float(ngpu)), float(gtime))
-            except ValueError:
-                raise TraceError(f"Philly trace {path}, line {lineno}: duration, num_gpus and gpu_time must be "
-                                 f"numbers, got {[dur, ngpu, gtime]}. Fix: repair or drop the line") from None
-            if job.duration < 0 or job.gpu_time < 0 or job.num_gpus < 0:
-                raise TraceError(f"Philly trace {path}, line {lineno}: negative duration, num_gpus or gpu_time "
-                                 f"({[dur, ngpu, gtime]}). Fix: repair or drop the line")
-            jobs.append(job)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            jobs = _philly_jobs(path, csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"Philly trace {path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a block). "
+                         f"Fix: give the job summary CSV as published (UTF-8 text)") from None
     if not jobs:
         raise TraceError(f"Philly trace {path} has no jobs")
     return jobs
+
+
+def _philly_jobs(path: Path, reader: Iterator[list[str]]) -> list[PhillyJob]:
+    header = [h.strip().lower() for h in next(reader, [])]
+    missing = [c for c in PHILLY_COLUMNS if c not in header]
+    if missing:
+        raise TraceError(f"Philly trace {path}, line 1: missing column(s) {missing} (header is {header}). "
+                         f"Fix: give the job summary CSV with columns {','.join(PHILLY_COLUMNS)}")
+    idx = [header.index(c) for c in PHILLY_COLUMNS]
+    jobs = []
+    for lineno, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < len(header):
+            raise TraceError(f"Philly trace {path}, line {lineno}: {len(row)} cells, the header has "
+                             f"{len(header)}. Fix: repair or drop the line")
+        jobs.append(_philly_job(path, lineno, [row[i].strip() for i in idx]))
+    return jobs
+
+
+def _philly_job(path: Path, lineno: int, cells: list[str]) -> PhillyJob:
+    ts, dur, ngpu, gtime = cells
+    try:
+        submitted = _dt.datetime.strptime(ts, PHILLY_TIME_FORMAT)
+    except ValueError:
+        raise TraceError(f"Philly trace {path}, line {lineno}, column 'timestamp': {ts!r} is not "
+                         f"YYYY-MM-DD HH:MM:SS. Fix: repair or drop the line") from None
+    try:
+        job = PhillyJob(submitted, float(dur), int(float(ngpu)), float(gtime))
+        if not (math.isfinite(job.duration) and math.isfinite(job.gpu_time)):
+            raise ValueError("not finite")
+    except (ValueError, OverflowError):  # int(float("inf")) overflows
+        raise TraceError(f"Philly trace {path}, line {lineno}: duration, num_gpus and gpu_time must be "
+                         f"finite numbers, got {[dur, ngpu, gtime]}. Fix: repair or drop the line") from None
+    if job.duration < 0 or job.gpu_time < 0 or job.num_gpus < 0:
+        raise TraceError(f"Philly trace {path}, line {lineno}: negative duration, num_gpus or gpu_time "
+                         f"({[dur, ngpu, gtime]}). Fix: repair or drop the line")
+    return job
 
 
 def parse_start(text: str) -> _dt.datetime:
@@ -154,6 +176,17 @@ def import_philly(jobs: Sequence[PhillyJob], spec: PhillyImport, source: str = "
     work = np.round(np.clip(all_duration[idx] / ref[bucket], spec.min_work, spec.max_work), 3)
     return Trace(arrival, tuple(spec.types[b] for b in bucket), work, np.full(len(idx), np.nan),
                  tuple(philly_comments(spec, source, len(idx), len(chosen))))
+
+
+def made_by_import(path: str | Path) -> bool:
+    """Whether `path` is a trace that `tapfinger import-trace` wrote (its provenance comment says
+    so): the command replaces those, and nothing else without --force."""
+    try:
+        with Path(path).open(encoding="utf-8-sig") as fh:
+            head = [fh.readline() for _ in range(10)]  # the comments come first (`philly_comments`)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return any(line.startswith("# Made by: tapfinger import-trace ") for line in head)
 
 
 def philly_comments(spec: PhillyImport, source: str, kept: int, in_window: int) -> list[str]:

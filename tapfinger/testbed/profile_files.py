@@ -4,7 +4,8 @@ The CSV is `task,cpus,gpus,seconds,peak_mem_mb,<extra columns>`, read by
 `tapfinger.sim.progress.read_profile`. Rows are appended and flushed one at a time, so that an
 interrupted run resumes (`existing_rows` counts what is already there). The sidecar describes
 the machine and the parameters; a resumed run must match them (`check_resume`), or its rows
-would not be comparable.
+would not be comparable. `check_out` refuses, before anything runs, an output that cannot be
+written or would replace a file that `tapfinger profile` did not write (unless --force).
 """
 
 from __future__ import annotations
@@ -37,15 +38,32 @@ COLUMN_MEANINGS = {
 }
 
 
+# The keys every sidecar this module writes has: a JSON file without them is someone else's.
+SIDECAR_KEYS = ("profile", "machine", "parameters", "columns")
+
+
+def _read_rows(out: Path) -> list[list[str]]:
+    """The CSV's rows (UTF-8; a byte-order mark from a spreadsheet is ignored)."""
+    try:
+        with out.open(newline="", encoding="utf-8-sig") as fh:
+            return list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise ProfilerError(f"{out}: not UTF-8 text ({exc.reason} at byte {exc.start}), so not a `tapfinger "
+                            f"profile` output. Fix: choose another --out, or add --force to replace it") from None
+
+
+def _is_profile_csv(rows: list[list[str]]) -> bool:
+    return bool(rows) and tuple(h.strip() for h in rows[0]) == CSV_COLUMNS
+
+
 def existing_rows(out: Path) -> dict[tuple[str, int, int], int]:
     """How many rows each (task, cpus, gpus) already has in `out` (resume)."""
     if not out.exists() or out.stat().st_size == 0:
         return {}
-    with out.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows or tuple(h.strip() for h in rows[0]) != CSV_COLUMNS:
+    rows = _read_rows(out)
+    if not _is_profile_csv(rows):
         raise ProfilerError(f"{out} exists but is not a `tapfinger profile` output (its header is not "
-                            f"{','.join(CSV_COLUMNS)}). Fix: choose another --out, or delete the file")
+                            f"{','.join(CSV_COLUMNS)}). Fix: choose another --out, or add --force to replace it")
     counts: dict[tuple[str, int, int], int] = {}
     for lineno, row in enumerate(rows[1:], start=2):
         if not row:
@@ -54,7 +72,11 @@ def existing_rows(out: Path) -> dict[tuple[str, int, int], int]:
             # Only the last line can be cut short by an interruption; anything else is damage.
             raise ProfilerError(f"{out}, line {lineno}: {len(row)} columns instead of {len(CSV_COLUMNS)} "
                                 f"(an interrupted write?). Fix: delete that line and run again to re-measure it")
-        key = (row[0], int(row[1]), int(row[2]))
+        try:
+            key = (row[0], int(row[1]), int(row[2]))
+        except ValueError:
+            raise ProfilerError(f"{out}, line {lineno}: cpus and gpus must be integers, got {row[1:3]}. Fix: "
+                                f"delete that line and run again to re-measure it") from None
         counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -76,11 +98,58 @@ def _read_sidecar(out: Path) -> dict[str, Any]:
     side = sidecar_path(out)
     if not side.exists():
         return {}
+    problem = _foreign_sidecar(side)
+    if problem:
+        raise ProfilerError(f"{side} {problem}, so it was not written by `tapfinger profile`. Fix: choose "
+                            f"another --out (the sidecar is OUT with .json), or add --force to replace it")
+    return json.loads(side.read_text(encoding="utf-8"))
+
+
+def _foreign_sidecar(side: Path) -> str:
+    """Why `side` is not a sidecar this module wrote ("" when it is one)."""
     try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise ProfilerError(f"{side} is not valid JSON ({exc}). Fix: delete it (it is rewritten) or "
-                            f"choose another --out") from None
+        doc = json.loads(side.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"is not JSON ({exc})"
+    if not isinstance(doc, dict) or not all(k in doc for k in SIDECAR_KEYS):
+        return f"lacks the keys a profile sidecar has ({', '.join(SIDECAR_KEYS)})"
+    return ""
+
+
+def check_out(out: Path, force: bool) -> list[Path]:
+    """Refuse an output that cannot be written, whose sidecar is itself, or (without `force`) that
+    would replace a CSV or JSON file not written by `tapfinger profile`. Returns those files,
+    which the caller removes once the request is known to be good (with `force`)."""
+    side = sidecar_path(out)
+    if side == out:
+        raise ProfilerError(f"--out {out}: its sidecar (OUT with .json) is the same file, so one would "
+                            f"overwrite the other. Fix: give the profile a .csv name, e.g. --out {out.with_suffix('.csv')}")
+    for path in (out, side):
+        if path.is_dir():
+            raise ProfilerError(f"--out {out}: {path} is a directory. Fix: give a file path such as "
+                                f"{path / 'profile.csv'}")
+    parent = next((p for p in out.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir():
+        raise ProfilerError(f"--out {out}: {parent} is a file, not a directory. Fix: choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ProfilerError(f"--out {out}: {parent} is not writable. Fix: choose a writable place")
+    foreign = []
+    if out.exists() and out.stat().st_size > 0 and not _is_profile_csv(_rows_or_none(out)):
+        foreign.append((out, f"is not a `tapfinger profile` output (its first line is not {','.join(CSV_COLUMNS)})"))
+    if side.exists() and _foreign_sidecar(side):
+        foreign.append((side, f"{_foreign_sidecar(side)}: not written by `tapfinger profile`"))
+    if foreign and not force:
+        path, why = foreign[0]
+        raise ProfilerError(f"{path} exists and {why}; this run would replace it. Fix: choose another "
+                            f"--out (the sidecar is OUT with .json), or add --force to replace it")
+    return [path for path, _ in foreign]
+
+
+def _rows_or_none(out: Path) -> list[list[str]]:
+    try:
+        return _read_rows(out)
+    except ProfilerError:
+        return []  # not UTF-8: not a profile output
 
 
 def write_sidecar(out: Path, parameters: dict[str, Any], machine: dict[str, Any], notes: list[str],
@@ -105,7 +174,14 @@ def write_sidecar(out: Path, parameters: dict[str, Any], machine: dict[str, Any]
         "notes": sorted(set(previous.get("notes", [])) | set(notes)),
         "columns": COLUMN_MEANINGS,
     }
-    sidecar_path(out).write_text(json.dumps(doc, indent=2) + "\n")
+    # Renamed into place, so that an interrupted write never leaves half a sidecar.
+    side = sidecar_path(out)
+    tmp = side.with_name(f".{side.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, side)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_resume(out: Path, parameters: dict[str, Any], machine: dict[str, Any]) -> None:
@@ -150,7 +226,7 @@ class RowAppender:
 
     def __enter__(self) -> "RowAppender":
         new_file = not self.out.exists() or self.out.stat().st_size == 0
-        self._fh = self.out.open("a", newline="")
+        self._fh = self.out.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._fh)
         if new_file:
             self._writer.writerow(CSV_COLUMNS)

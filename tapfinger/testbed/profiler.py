@@ -30,7 +30,7 @@ from tapfinger.testbed.errors import ProfilerError
 from tapfinger.testbed.machine import describe_machine, idle_share, usable_cpus
 from tapfinger.testbed.measurement import Job, measure
 from tapfinger.testbed.models import model_config, model_names
-from tapfinger.testbed.profile_files import (RowAppender, check_resume, existing_rows, profile_row,
+from tapfinger.testbed.profile_files import (RowAppender, check_out, check_resume, existing_rows, profile_row,
                                              write_sidecar)
 
 Log = Callable[[str], None]
@@ -112,15 +112,20 @@ def _check_request(req: ProfileRequest) -> list[int]:
 
 def run_profile(req: ProfileRequest, out: str | Path, progress: bool = True,
                 log: Log = lambda s: print(s, file=sys.stderr),
-                argv: list[str] | None = None, measure_fn: MeasureFn = measure,
+                argv: list[str] | None = None, measure_fn: MeasureFn = measure, force: bool = False,
                 ) -> list[dict[str, Any]]:
     """Measure every planned job not yet in `out`, appending one CSV row per measurement.
 
     GPU counts > 0 are skipped with a message when CUDA (or that many devices) is absent.
-    Returns the rows written by this call.
+    `out` and its sidecar must be new or written by an earlier run (which this one resumes);
+    with `force`, files that are neither are replaced. Returns the rows written by this call.
     """
     out = Path(out)
+    foreign = check_out(out, force)
     jobs = plan_jobs(req)  # before describe_machine (which imports torch): flag errors come at once
+    for path in foreign:  # --force, and the request is good: start afresh
+        log(f"--force: replacing {path}")
+        path.unlink()
     machine = describe_machine()
     jobs, notes = _without_missing_gpus(jobs, machine, log)
     check_resume(out, req.parameters(), machine)
@@ -141,6 +146,10 @@ def run_profile(req: ProfileRequest, out: str | Path, progress: bool = True,
                 rows.append(row)
                 written.append(row)
                 bar.update(1)
+    except KeyboardInterrupt:
+        # Every finished row is on disk already (RowAppender flushes each): say so, and how to go on.
+        raise KeyboardInterrupt(f"kept {skipped + len(written)} of {len(jobs)} measurement(s) in {out}; rerun "
+                                f"the same command to resume") from None
     finally:
         bar.close()
     return written
