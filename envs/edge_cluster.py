@@ -11,9 +11,18 @@ Action of an agent (a `Dict`, or a plain int array `[task, node, *alloc]`):
   `allow_preemption = true`. A task whose allocation at a slot end differs from the previous slot
   end progresses by `switch_weight ×` its amount in that slot.
 
-An infeasible action (one the masks forbid) is, by default, a no-op counted in
-`infos[agent]["invalid_actions"]`; with `strict=True` it raises `InvalidActionError` naming the
-problem. Rewards are given at the end of each slot (the round in which no agent started a task):
+Every value is an integer (Python or numpy; a float only when it is an exact integer) within
+the action space: never a boolean, a string, a fraction, NaN or a negative number (task 0 and
+realloc 0 are the do-nothing encodings; nothing is truncated or read as "do nothing"). An absent
+key or `None` takes its default (task 0, node 0, alloc zeros, no realloc); an agent left out of
+`actions` does nothing.
+
+A malformed action (outside the action space: wrong type, shape or range, an unknown key) and an
+infeasible one (the masks forbid it) are, by default, a no-op of that agent counted in
+`infos[agent]["invalid_actions"]`; with `strict=True` they raise `InvalidActionError` naming the
+agent, the key and the expected form, and the whole round is checked before any of it is applied,
+so after the error the environment is exactly as before the call. A key of `actions` that is no
+agent raises `InvalidActionError` in both modes (there is no agent to count it against). Rewards are given at the end of each slot (the round in which no agent started a task):
 minus the number of tasks in the agent's cluster. The episode ends when every task has arrived
 and finished (termination), or at the scenario's `max_slots` (truncation).
 """
@@ -27,9 +36,9 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envs.actions import from_env_actions
+from envs.actions import EnvActionReader
 from envs.observations import build_observations, observation_space, split_observations
-from tapfinger.sim.engine import RUNNING, WAITING, Engine
+from tapfinger.sim.engine import RUNNING, WAITING, Engine, InvalidActionError
 from tapfinger.sim.scenario import Scenario, load_scenario
 
 ENV_ID = "tapfinger/edge-cluster-v0"
@@ -61,6 +70,7 @@ class EdgeClusterEnv(ParallelEnv):
         self._seed: int | None = None
         self._episode = 0
         self._batched: dict[str, np.ndarray] | None = None
+        self._reader = EnvActionReader(self.engine, self.possible_agents, self.scenario.resources)
 
     @functools.lru_cache(maxsize=None)
     def observation_space(self, agent: str) -> spaces.Space:
@@ -85,8 +95,15 @@ class EdgeClusterEnv(ParallelEnv):
     def step(self, actions: dict[str, Any]):
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset() first")
-        round_actions = from_env_actions(actions, self.possible_agents, self.engine, self.scenario.resources)
-        return self._finish_round(round_actions.play(self.engine))
+        round_actions, malformed = self._reader.read(actions)
+        e = self.engine
+        if malformed:
+            if e.strict:
+                raise InvalidActionError(malformed[min(malformed)])  # the lowest agent, as the engine would
+            for i in malformed:  # default mode: the agent does nothing this round, counted
+                e.invalid_actions[i] += 1
+        # In strict mode `play` checks the whole round before applying any of it.
+        return self._finish_round(round_actions.play(e, self.possible_agents))
 
     def _finish_round(self, slot_ended: bool):
         e = self.engine

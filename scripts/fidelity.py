@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -76,8 +78,8 @@ _CACHE: dict = {}  # per worker process: scenarios, policies (Optimus fits once)
 def run_job(job: Job) -> tuple[Job, float, float, bool]:
     """One episode; returns (job, avg JCT, wall seconds, truncated)."""
     from agents.registry import make_policy
-    from tapfinger.sim.engine import Engine
     from envs.episode import run_episode
+    from tapfinger.sim.engine import Engine
     from tapfinger.sim.scenario import load_scenario
 
     key = (job.scenario, job.policy)
@@ -97,17 +99,68 @@ def fmt(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer. Fix: give a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1. Fix: give a whole number >= 1")
+    return value
+
+
+def check_inputs(scenarios: list[str], policies: list[str]) -> None:
+    """Unknown scenarios, policies or options fail here, before any episode runs, with the
+    project's own one-line message (not a traceback from a worker process)."""
+    from agents.registry import policy_class
+    from tapfinger.sim.scenario import load_scenario
+
+    for name in scenarios:
+        load_scenario(name)
+    for spec in policies:
+        name, kwargs = parse_policy(spec)
+        try:
+            inspect.signature(policy_class(name)).bind(None, **kwargs)  # (scenario, **options)
+        except TypeError as exc:
+            raise ValueError(f"policy {spec!r}: {exc}. Fix: use the options of {name}'s constructor") from None
+
+
+def _quiet_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no worker tracebacks
+
+
+def print_table(args, results, seconds, done: int, total: int) -> None:
+    partial = f" — PARTIAL: interrupted after {done} of {total} episodes" if done < total else ""
+    print(f"Average JCT (slots), {args.seeds} seeds, mean [95% CI]{partial}\n")
+    print("| scenario | policy | ours | reference | ours / ref − 1 | s / episode |")
+    print("|---|---|---|---|---|---|")
+    for sc in args.scenarios:
+        for p in args.policies:
+            if (sc, p) not in results:
+                continue
+            m, lo, hi = mean_ci(results[(sc, p)])
+            ref = REFERENCE.get(sc, {}).get(parse_policy(p)[0])
+            ref_txt = f"{fmt(ref[0])} [{fmt(ref[1])}, {fmt(ref[2])}]" if ref else "—"
+            diff = f"{m / ref[0] - 1:+.1%}" if ref else "—"
+            n = f" ({len(results[(sc, p)])} seeds)" if partial else ""
+            print(f"| {sc} | {p} | {fmt(m)} [{fmt(lo)}, {fmt(hi)}]{n} | {ref_txt} | {diff} | "
+                  f"{np.mean(seconds[(sc, p)]):.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=30, help="seeds 0..N-1 (default 30)")
+    ap.add_argument("--seeds", type=positive_int, default=30, help="seeds 0..N-1 (default 30)")
     ap.add_argument("--scenarios", nargs="+", default=list(REFERENCE))
     ap.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=positive_int, default=2)
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
-    for spec in args.policies:
-        parse_policy(spec)
+    try:
+        check_inputs(args.scenarios, args.policies)
+    except (ValueError, OSError) as exc:  # ScenarioError is a ValueError
+        print(f"fidelity.py: error: {exc}", file=sys.stderr)
+        return 2
     # slowest first, so the two workers finish together
     cost = {"trace-3": 20.0, "trace-6": 40.0, "synthetic-6": 2.0, "hetero-6": 2.0}
     pcost = {"tiresias": 5.0, "optimus": 2.0}
@@ -116,24 +169,25 @@ def main(argv: list[str] | None = None) -> int:
     jobs.sort(key=lambda j: -cost.get(j.scenario, 1.0) * pcost.get(parse_policy(j.policy)[0], 1.0))
     results: dict[tuple[str, str], list[float]] = {}
     seconds: dict[tuple[str, str], list[float]] = {}
-    truncated = 0
-    with Pool(args.workers) as pool:
+    truncated = done = 0
+    pool = Pool(min(args.workers, len(jobs)), initializer=_quiet_worker)
+    try:
         for job, jct, sec, trunc in tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), unit="ep",
                                          file=sys.stderr):
             results.setdefault((job.scenario, job.policy), []).append(jct)
             seconds.setdefault((job.scenario, job.policy), []).append(sec)
             truncated += trunc
-    print(f"Average JCT (slots), {args.seeds} seeds, mean [95% CI]\n")
-    print("| scenario | policy | ours | reference | ours / ref − 1 | s / episode |")
-    print("|---|---|---|---|---|---|")
-    for sc in args.scenarios:
-        for p in args.policies:
-            m, lo, hi = mean_ci(results[(sc, p)])
-            ref = REFERENCE.get(sc, {}).get(parse_policy(p)[0])
-            ref_txt = f"{fmt(ref[0])} [{fmt(ref[1])}, {fmt(ref[2])}]" if ref else "—"
-            diff = f"{m / ref[0] - 1:+.1%}" if ref else "—"
-            print(f"| {sc} | {p} | {fmt(m)} [{fmt(lo)}, {fmt(hi)}] | {ref_txt} | {diff} | "
-                  f"{np.mean(seconds[(sc, p)]):.2f} |")
+            done += 1
+    except KeyboardInterrupt:
+        pool.terminate()
+        pool.join()
+        print_table(args, results, seconds, done, len(jobs))
+        print(f"fidelity.py: interrupted: kept {done} of {len(jobs)} episodes in the partial table above; "
+              f"rerun the same command for the full table", file=sys.stderr)
+        return 130
+    pool.close()
+    pool.join()
+    print_table(args, results, seconds, done, len(jobs))
     if truncated:
         print(f"\nwarning: {truncated} episodes hit the scenario's max_slots and were truncated")
     return 0
