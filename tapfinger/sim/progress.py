@@ -16,6 +16,7 @@ the exact optimum and the heuristics' predictions all count with them, so they a
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,15 +72,12 @@ def read_profile(path: str | Path) -> ProfileTable:
 
     The shared testbed file has no header and trailing loss-curve cells; files written by
     `tapfinger profile` have a header and a `peak_mem_mb` column. Runs of the same
-    (task, cpus, gpus) are averaged.
+    (task, cpus, gpus) are averaged. The file is UTF-8; a leading byte-order mark is ignored.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ProfileError(f"profile file not found: {path}")
+    rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
     sums: dict[tuple[str, int, int], list[float]] = {}
     mems: dict[tuple[str, int, int], list[float]] = {}
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
     if not rows:
         raise ProfileError(f"profile {path} is empty. Fix: point the scenario at a CSV with rows "
                            f"'task,cpus,gpus,seconds'.")
@@ -123,6 +121,25 @@ def read_profile(path: str | Path) -> ProfileTable:
         seconds={k: float(np.mean(v)) for k, v in sums.items()},
         peak_mem_gib={k: float(np.max(v)) for k, v in mems.items()},
     )
+
+
+def _read_text(path: Path) -> str:
+    """The profile's text: UTF-8, a leading byte-order mark dropped (a spreadsheet's mark would
+    otherwise glue itself to the first cell, hiding the header or renaming the first task)."""
+    fix_path = ("check the scenario's `profile` path (it is relative to the scenario file; `package:` and "
+                "`shared:` prefixes name packaged and shared data)")
+    if path.is_dir():
+        raise ProfileError(f"profile {path}: is a directory, not a file. Fix: {fix_path}")
+    if not path.is_file():
+        raise ProfileError(f"profile {path}: file not found. Fix: {fix_path}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"profile {path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}). "
+                           f"Fix: save the CSV as UTF-8") from None
+    except OSError as exc:
+        raise ProfileError(f"profile {path}: cannot be read ({exc.strerror}). Fix: check the file's "
+                           f"permissions") from None
 
 
 def synthetic_tables(gpu_scale: float, base: float, cpu_max: int, gpu_max: int) -> tuple[np.ndarray, np.ndarray]:
