@@ -44,6 +44,7 @@ class PPOConfig:
     value_norm: bool = True  # critic learns returns normalised by running mean/std (--no-value-norm: raw)
     baseline: Literal["gae", "input"] = "gae"  # advantages: GAE, or Decima's input-driven baseline
     rollouts_per_seed: int = 1  # episodes per arrival seed in an iteration (the input baseline needs >= 2)
+    critic_warmup: int = 0  # first PPO iterations in which only the critic learns (the policy stays put)
     max_grad_norm: float = 0.5  # gradient-norm clip
     target_kl: float = 0.05  # stop an iteration's epochs past this approximate KL (0 = never)
 
@@ -58,6 +59,7 @@ class TrainConfig:
     total_steps: int = 100_000  # environment rounds of PPO (0 = only the imitation warm start)
     seed: int = 0  # seed of every random draw of the run
     imitate: str = "greedy"  # heuristic to imitate before PPO (warm start; '' to skip)
+    init_from: str = ""  # start from this checkpoint's weights instead (no imitation); same model options
     imitation_episodes: int = 0  # teacher episodes of the warm start (0 = 2 x --envs)
     imitation_epochs: int = 10  # epochs of behaviour cloning
     dagger_rounds: int = 0  # after cloning: rounds where the learner plays and the teacher labels its states
@@ -66,6 +68,7 @@ class TrainConfig:
     eval_seeds: int = 5  # evaluation episodes (seeds 900..)
     eval_heuristic: str = "greedy"  # heuristic the periodic evaluation compares with
     checkpoint_every: int = 1  # iterations between checkpoint writes
+    max_minutes: float = 0.0  # stop (and save) after the first iteration past this wall time (0 = no limit)
     model: ModelOptions = field(default_factory=ModelOptions)
     acting: ActingOptions = field(default_factory=ActingOptions)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -112,6 +115,7 @@ class TrainConfig:
             (self, "eval_every", self.eval_every >= 0, "at least 0 (0 = never)"),
             (self, "eval_seeds", self.eval_seeds >= 1, "at least 1"),
             (self, "checkpoint_every", self.checkpoint_every >= 1, "at least 1"),
+            (self, "max_minutes", self.max_minutes >= 0, "at least 0 (0 = no limit)"),
             (m, "hidden", m.hidden >= 1, "at least 1"),
             (m, "layers", m.layers >= 1, "at least 1"),
             (m, "heads", m.heads >= 1 and m.hidden % m.heads == 0, f"at least 1 and divide --hidden ({m.hidden})"),
@@ -129,6 +133,7 @@ class TrainConfig:
             (p, "target_kl", p.target_kl >= 0, "at least 0 (0 = never stop early)"),
             (p, "ent_coef_end", p.ent_coef_end >= 0, "at least 0"),
             (p, "ent_decay_steps", p.ent_decay_steps >= 0, "at least 0"),
+            (p, "critic_warmup", p.critic_warmup >= 0, "at least 0"),
             (p, "baseline", p.baseline in ("gae", "input"), "gae or input"),
             (p, "rollouts_per_seed", p.rollouts_per_seed >= (2 if p.baseline == "input" else 1)
              and self.envs % p.rollouts_per_seed == 0,

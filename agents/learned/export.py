@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from agents.export_format import (ACTING_KEYS, FORMAT, INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, PT2_EXTRA_FILE,
-                                  ExportError, expected_layout)
-from agents.learned.checkpoint import load_checkpoint, read_payload, scenario_fingerprint
+                                  ExportError, expected_layout, stored_parts)
+from agents.learned.checkpoint import (load_checkpoint, read_payload, remove_stale_temps, scenario_fingerprint,
+                                       temp_path)
 from agents.learned.export_program import export_program
 from agents.learned.export_verify import sample_rounds, verify_export
 from agents.learned.model import ModelConfig
@@ -40,6 +41,7 @@ def export_metadata(scenario: Scenario, cfg: ModelConfig, acting: dict, fmt: str
         "format": FORMAT,
         "scenario": scenario.name,
         "scenario_fingerprint": scenario_fingerprint(scenario),
+        "scenario_parts": stored_parts(scenario),  # so that a refusal can say what differs
         "feature_layout": expected_layout(scenario),
         "acting": {k: acting[k] for k in ACTING_KEYS if k in acting},
         "model_config": cfg.to_dict(),
@@ -53,8 +55,9 @@ def export_metadata(scenario: Scenario, cfg: ModelConfig, acting: dict, fmt: str
 
 
 def _tmp_path(out: Path, suffix: str) -> Path:
-    # torch.export.save / load want a name ending in .pt2
-    return out.with_name(f".{out.name}.{os.getpid()}.tmp{suffix}")
+    # `.NAME.tmp-PID.SUFFIX`: torch.export.save wants a name ending in .pt2; one a SIGKILLed export
+    # left behind is removed by the next export to the same place (`remove_stale_temps`).
+    return temp_path(out, suffix)
 
 
 def write_pt2(program: torch.export.ExportedProgram, out: Path, meta: dict) -> Path:
@@ -82,6 +85,15 @@ def write_onnx(program: torch.export.ExportedProgram, out: Path, meta: dict) -> 
     return tmp
 
 
+def _check_out(out: Path, fmt: str) -> None:
+    """Refuse an output place that cannot take the file before any work is done."""
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a directory. Fix: give a file name, e.g. {out / ('policy.' + fmt)}.")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ExportError(f"--out {out}: {blocking} is a file, not a folder. Fix: choose another --out.")
+
+
 # --------------------------------------------------------------------------- entry point
 @dataclass
 class ExportResult:
@@ -101,9 +113,10 @@ def export_files(checkpoint: str | Path, outs: dict[str, str | Path], scenario: 
     """`export_checkpoint` for several formats ({"onnx": path, "pt2": path}) from one traced program."""
     from tapfinger.sim.scenario import ScenarioError, load_scenario
 
-    for fmt in outs:
+    for fmt, out in outs.items():
         if fmt not in FORMATS:
             raise ExportError(f"unknown export format {fmt!r}. Fix: use one of {', '.join(FORMATS)}.")
+        _check_out(Path(out), fmt)
     checkpoint = Path(checkpoint)
     payload = read_payload(checkpoint)
     if scenario is None:
@@ -130,13 +143,15 @@ def export_files(checkpoint: str | Path, outs: dict[str, str | Path], scenario: 
     for fmt, out in outs.items():
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out, f".{fmt}")
         meta = export_metadata(scenario, net.cfg, acting, fmt, checkpoint, payload)
-        try:
-            tmp = write_onnx(program, out, meta) if fmt == "onnx" else write_pt2(program, out, meta)
-        except Exception as exc:
-            raise ExportError(f"writing {checkpoint} as {fmt} failed ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:300]}). Fix: try the other format.") from exc
-        try:
+        tmp = _tmp_path(out, f".{fmt}")
+        try:  # the temporary file goes on any failure or Ctrl-C (only a SIGKILL leaves it)
+            try:
+                (write_onnx if fmt == "onnx" else write_pt2)(program, out, meta)  # to `tmp`
+            except Exception as exc:
+                raise ExportError(f"writing {checkpoint} as {fmt} failed ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:300]}). Fix: try the other format.") from exc
             if verify:
                 verify_export(tmp, fmt, scenario, net, acting, rounds)
             os.replace(tmp, out)

@@ -78,10 +78,16 @@ def _by_round(samples: list[Sample]) -> tuple[list, dict]:
     return list(by_round), by_round
 
 
-def _backward_measured(net: TapFingerNet, actor_loss: torch.Tensor, critic_loss: torch.Tensor,
+def _backward_measured(net: TapFingerNet, actor_loss: torch.Tensor | None, critic_loss: torch.Tensor,
                        max_grad_norm: float) -> tuple[float, float]:
-    """Back-propagate both losses, measure each one's gradient norm, clip; (actor, critic) norms."""
+    """Back-propagate both losses, measure each one's gradient norm, clip; (actor, critic) norms.
+    `actor_loss` None: the critic alone learns (the warm-up; parameters without a gradient are
+    left alone by the optimiser)."""
     params = [p for p in net.parameters() if p.requires_grad]
+    if actor_loss is None:
+        critic_loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
+        return 0.0, float(np.sqrt(sum(float((p.grad ** 2).sum()) for p in params if p.grad is not None)))
     actor_loss.backward(retain_graph=True)
     actor_grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
     critic_loss.backward()
@@ -110,8 +116,9 @@ def _check_finite(net: TapFingerNet, loss: torch.Tensor) -> None:
 
 def ppo_update(net: TapFingerNet, optimizer: torch.optim.Optimizer, samples: list[Sample],
                episodes: list[Episode], cfg: PPOConfig, rng: np.random.Generator, device: torch.device,
-               value_norm: ValueNorm | None = None, ent_coef: float | None = None) -> dict:
-    """Epochs of clipped PPO over minibatches of rounds; the mean statistics of the update."""
+               value_norm: ValueNorm | None = None, ent_coef: float | None = None, actor: bool = True) -> dict:
+    """Epochs of clipped PPO over minibatches of rounds; the mean statistics of the update.
+    `actor` False: only the critic learns (a critic warm-up before the policy may move)."""
     value_norm = value_norm or ValueNorm(enabled=False)
     ent_coef = cfg.ent_coef if ent_coef is None else ent_coef
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
@@ -133,9 +140,10 @@ def ppo_update(net: TapFingerNet, optimizer: torch.optim.Optimizer, samples: lis
             pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
             v_loss = 0.5 * ((values - ret) ** 2).mean()
             ent = sum(entropy.values()).mean()
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=True)
             _check_finite(net, pg + v_loss + ent)
-            g_actor, g_critic = _backward_measured(net, pg - ent_coef * ent, cfg.vf_coef * v_loss, cfg.max_grad_norm)
+            g_actor, g_critic = _backward_measured(net, pg - ent_coef * ent if actor else None, cfg.vf_coef * v_loss,
+                                                   cfg.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
                 kl = ((ratio - 1) - log_ratio).mean().item()

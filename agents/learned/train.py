@@ -89,6 +89,22 @@ class Trainer:
         elif self.ckpt_path.exists():
             raise RuntimeError(f"{self.ckpt_path} exists. Fix: pass --resume to continue that run, or choose a "
                                f"new --run-dir.")
+        elif cfg.init_from:
+            self._init_from(Path(cfg.init_from))
+
+    def _init_from(self, path: Path) -> None:
+        """Start from a trained policy (e.g. a shipped checkpoint): its weights; a separate critic
+        that the checkpoint lacks starts as a copy of the actor's encoder (its head is the stored one)."""
+        src = load_checkpoint(path, self.scenario).net
+        for name in ("hidden", "layers", "heads", "encoder"):
+            if getattr(src.cfg, name) != getattr(self.model_cfg, name):
+                raise CheckpointError(f"--init-from {path} has --{name} {getattr(src.cfg, name)!r}, this run "
+                                      f"{getattr(self.model_cfg, name)!r}. Fix: pass --{name} "
+                                      f"{getattr(src.cfg, name)}.")
+        self.net.load_state_dict(src.state_dict(), strict=False)
+        if self.net.critic_encoder is not None and src.critic_encoder is None:
+            self.net.critic_encoder.load_state_dict(src.encoder.state_dict())
+        self.imitation_done = True  # the starting policy replaces the warm start
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> None:
@@ -163,12 +179,14 @@ class Trainer:
         bar = tqdm(total=self.cfg.total_steps, initial=min(self.steps, self.cfg.total_steps), unit="step",
                    desc=f"train {self.scenario.name}", disable=not self.progress)
         evaluator = _PeriodicEvaluation(self, writer, bar)
-        while self.steps < self.cfg.total_steps:
+        deadline = time.time() + 60 * self.cfg.max_minutes if self.cfg.max_minutes else np.inf
+        while self.steps < self.cfg.total_steps and time.time() < deadline:
             entry = self._ppo_iteration(collector, writer, bar)
             if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
                 entry.update(evaluator.run())
             self.history.append(entry)
-            if self.iteration % self.cfg.checkpoint_every == 0 or self.steps >= self.cfg.total_steps:
+            if (self.iteration % self.cfg.checkpoint_every == 0 or self.steps >= self.cfg.total_steps
+                    or time.time() >= deadline):
                 self.save()
         bar.close()
 
@@ -188,7 +206,7 @@ class Trainer:
         self.net.train()
         stats = ppo_update(self.net, self.optimizer, samples, episodes, self.cfg.ppo,
                            np.random.default_rng([self.cfg.seed, self.iteration]), self.device,
-                           self.value_norm, ent_coef)
+                           self.value_norm, ent_coef, actor=self.iteration >= self.cfg.ppo.critic_warmup)
         self.net.eval()
         t2 = time.perf_counter()
         self.iteration += 1

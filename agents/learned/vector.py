@@ -22,6 +22,10 @@ from agents.learned.policy import draw_uniforms, score_rows
 
 class LockstepScorer:
     def __init__(self, net: TapFingerNet, device: torch.device, pointer: bool = True):
+        on = next(net.parameters()).device
+        if on.type != device.type or (device.index is not None and on != device):
+            raise ValueError(f"collection on {device} with a network on {on}. Fix: move the network there "
+                             f"(net.to('{device}')) or collect on {on}.")
         self.net, self.device, self.pointer = net, device, pointer
         self.batch = None
         self.h = None
