@@ -4,6 +4,11 @@ DESIGN.md, "Heuristics to compare against": fit the speed model
 `f(c, g) = 1 / (a/g + b + k·g/c + d·g + e·c)` to the scenario's progress data with scipy;
 each round reset every running task to its minimum, then hand out one CPU or GPU at a time
 to the task whose estimated remaining time drops most per unit it already holds.
+
+A task type whose progress table gives too few allocations for the five parameters (e.g.
+`local-testbed`: 1 and 2 CPUs measured, no GPU) or whose fit fails cannot have the model; the
+policy then says so in one warning and estimates that type's speed by its progress table itself
+(the data the model would have been fitted to) — see `OptimusPolicy`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ def progress_at_start(static: StaticTables, ttype: int) -> np.ndarray:
 FIT_POINTS = ("feasible", "grid", "authors")
 
 
+class SpeedFitError(ValueError):
+    """The speed model cannot be fitted to a task type's progress table; the message says why."""
+
+
 def fit_speed_model(static: StaticTables, ttype: int, points: str = "feasible") -> np.ndarray:
     """Least-squares fit of `speed_model` to one task type's progress table; returns (a, b, k, d, e).
 
@@ -75,6 +84,9 @@ def fit_speed_model(static: StaticTables, ttype: int, points: str = "feasible") 
             c, g, y = c[keep], g[keep], y[keep]
     else:
         raise ValueError(f"unknown fit points {points!r}. Fix: use one of {', '.join(FIT_POINTS)}")
+    if y.size < N_PARAMS:
+        where = " at or above the minimum" if points == "feasible" else ""
+        raise SpeedFitError(f"{y.size} measured allocations{where}, fewer than the model's {N_PARAMS} parameters")
     c[c == 0] = ZERO_STAND_IN
     g[g == 0] = ZERO_STAND_IN
 
@@ -84,8 +96,14 @@ def fit_speed_model(static: StaticTables, ttype: int, points: str = "feasible") 
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         warnings.simplefilter("ignore", OptimizeWarning)
         # Unbounded Levenberg-Marquardt from p0 = 1, as in the authors' baseline.
-        params, _ = curve_fit(model, np.vstack([c, g]), y, p0=np.ones(N_PARAMS), maxfev=20_000)
-    return np.asarray(params, dtype=np.float64)
+        try:
+            params, _ = curve_fit(model, np.vstack([c, g]), y, p0=np.ones(N_PARAMS), maxfev=20_000)
+        except (RuntimeError, ValueError) as exc:  # no convergence; non-finite model values
+            raise SpeedFitError(f"the least-squares fit failed: {exc}") from None
+    params = np.asarray(params, dtype=np.float64)
+    if not np.isfinite(params).all():
+        raise SpeedFitError("the least-squares fit gave non-finite parameters")
+    return params
 
 
 class OptimusPolicy(PaperBaseline):
@@ -116,6 +134,10 @@ class OptimusPolicy(PaperBaseline):
       closer one (24.6 vs 23.43, where our `min` is 24.9 vs 23.51);
     - an agent skips a window task a lower agent already chose this round (`skip_claimed`,
       the authors' rule; without it the engine's conflict rule makes the higher agent idle);
+    - a task type the model cannot be fitted to (`SpeedFitError`: fewer allocations with data
+      than its five parameters, as on `local-testbed`, or a failed fit) is estimated by its
+      progress table itself (1 / progress per slot from p = 0), with one warning naming the
+      policy, the types and why; the greedy then works on the measured speeds;
     - resources other than cpu and gpu (e.g. mem) stay at the minimum: the model has no term
       for them. On several nodes, the candidate goes to the node with the most capacity left
       after the running tasks' minimums, and units are only taken from a task's own node.
@@ -127,8 +149,17 @@ class OptimusPolicy(PaperBaseline):
     def __init__(self, scenario: Scenario, seed: int = 0, fit_points: str = "feasible",
                  skip_claimed: bool = True):
         super().__init__(scenario, seed, skip_claimed)
-        self.params = np.stack([fit_speed_model(self.static, k, fit_points)
-                                for k in range(len(scenario.task_types))])
+        self.params = np.full((len(scenario.task_types), N_PARAMS), np.nan)  # NaN: not fitted
+        unfitted: dict[str, list[str]] = {}  # why -> task types
+        for k, ttype in enumerate(scenario.task_types):
+            try:
+                self.params[k] = fit_speed_model(self.static, k, fit_points)
+            except SpeedFitError as exc:
+                unfitted.setdefault(str(exc), []).append(ttype.name)
+        if unfitted:
+            why = "; ".join(f"{', '.join(types)} ({reason})" for reason, types in unfitted.items())
+            warnings.warn(f"{self.name}: cannot fit its speed model to task types {why}; it estimates their "
+                          f"speed by their measured progress per slot instead", UserWarning, stacklevel=2)
         self._denom = self._build_denominators()
 
     def reset_floor(self, view: ClusterView) -> np.ndarray:
@@ -146,7 +177,13 @@ class OptimusPolicy(PaperBaseline):
         cc, gg = np.meshgrid(c, g, indexing="ij")
         tables = []
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for a, b, k, d, e in self.params:
+            for ttype, (a, b, k, d, e) in enumerate(self.params):
+                if np.isnan(a):  # not fitted: the progress table itself, 1 / speed
+                    # one more row and column, as for the model: the speed at the grid maximum
+                    # (never read: the greedy offers no unit beyond the grid maximum)
+                    speed = np.pad(progress_at_start(st, ttype), ((0, 1), (0, 1)), mode="edge")
+                    tables.append(np.nan_to_num(1.0 / speed).tolist())  # 0 below the minimum: huge
+                    continue
                 tables.append(np.nan_to_num(a / gg + b + k * gg / cc + d * gg + e * cc).tolist())
         return tables
 

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run the schedulers on the embedded edge-default scenario (no file "
                                    "outside the package is needed), print the comparison table and write "
                                    "plots. The learned policy is included when a checkpoint ships for the "
-                                   "scenario.")
+                                   "scenario. Finished episodes are kept in OUT/episodes.partial.jsonl until the "
+                                   "run completes, so after Ctrl-C the same command resumes where it stopped.")
     add_common(p, "auto", 20)
     p.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
     p.set_defaults(func=run)

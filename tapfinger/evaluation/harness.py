@@ -15,17 +15,30 @@ worker processes, summarised with 95% confidence intervals and paired difference
           "invalid_actions": int, "unfinished_tasks": int, "truncated_episodes": int
         },
         "bound": {"avg_jct": same form}   # per-task lower bound (tapfinger/evaluation/bounds.py)
-      }
+      },
+      "nulls": {"why": str, "fields": [path, ...]}   # only when a value is null, see write_results
     }
+
+A value that is not a finite number (NaN: nothing to measure, e.g. the JCT of an episode in which
+no task finished; infinity: decisions/s of an episode whose decisions took no measurable time) is
+written as null, which strict JSON parsers accept, and its path is listed under "nulls".
+
+With `EvalConfig.cache` (the CLI's `OUT/episodes.partial.jsonl`, `episode_cache.py`) every
+finished episode is saved as it finishes: Ctrl-C keeps them, and the same evaluation run again
+runs only the missing ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import math
 import multiprocessing as mp
 import os
+import signal
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tapfinger import __version__
+from tapfinger.evaluation.episode_cache import EpisodeCache, job_key
 from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, summary
 from tapfinger.sim.scenario import Scenario
 
@@ -56,6 +70,7 @@ class EvalConfig:
     workers: int = 1
     policy_options: dict[str, dict] = field(default_factory=dict)  # name -> kwargs (e.g. checkpoint)
     progress: bool = True
+    cache: EpisodeCache | None = None  # where finished episodes are kept (None: nowhere)
 
 
 def _run_job(job: tuple[Scenario, str, int, dict]) -> tuple[str, EpisodeMetrics, float]:
@@ -77,18 +92,23 @@ def _run_job(job: tuple[Scenario, str, int, dict]) -> tuple[str, EpisodeMetrics,
 # Policies built in this process, reused across episodes (a learned one loads its checkpoint once;
 # `reset(seed)` makes each episode independent of the previous ones). Keyed by the scenario
 # itself, not its name: two scenarios may share a name and differ in what a policy depends on.
-_policy_cache: dict[tuple, Policy] = {}
+_policy_cache: dict[tuple, tuple[Policy, list]] = {}  # -> (policy, its construction warnings)
 
 
 def _cached_policy(scenario: Scenario, name: str, seed: int, options: dict) -> Policy:
     from agents.registry import make_policy
 
     key = (scenario, name, repr(sorted(options.items())))
-    policy = _policy_cache.get(key)
-    if policy is None:
-        policy = make_policy(name, scenario, seed=seed, **options)
-        _policy_cache[key] = policy
-    return policy
+    entry = _policy_cache.get(key)
+    if entry is None:
+        with warnings.catch_warnings(record=True) as said:
+            policy = make_policy(name, scenario, seed=seed, **options)
+        entry = _policy_cache[key] = (policy, [(w.category, str(w.message)) for w in said])
+    # What building the policy warned about (e.g. a model it could not fit) applies to every
+    # episode it plays: said again on each, and shown once per evaluation by `run_evaluation`.
+    for category, message in entry[1]:
+        warnings.warn(message, category, stacklevel=2)
+    return entry[0]
 
 
 class _TorchThreads:
@@ -120,32 +140,99 @@ _threads = _TorchThreads()
 
 
 def _init_worker() -> None:
-    # A worker process: one BLAS/OpenMP thread for anything loaded from here on.
+    # A worker process: one BLAS/OpenMP thread for anything loaded from here on, and no Ctrl-C
+    # (the terminal sends it to the whole process group: the main process alone stops the
+    # workers, so they print no traceback).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while worker processes are forked, so that they inherit the ignoring from
+    the start (a Ctrl-C before their initializer ran would print a traceback from each)."""
+    try:
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: Ctrl-C is not delivered here anyway
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
+
+
+def _run_job_caught(job: tuple) -> tuple[tuple[str, EpisodeMetrics, float], list]:
+    """`_run_job`, with the warnings it raised returned (category, text) instead of printed, so
+    that the main process shows each once rather than once per worker and episode."""
+    with warnings.catch_warnings(record=True) as said:
+        out = _run_job(job)
+    return out, [(w.category, str(w.message)) for w in said]
+
+
+def _run_jobs(jobs: list[tuple], workers: int, on_result) -> None:
+    """Run `jobs` in at most `workers` processes (never more than there are jobs), calling
+    `on_result(index, result, warnings)` in the main process as each finishes. On Ctrl-C the
+    workers are terminated (never left running) and KeyboardInterrupt propagates."""
+    workers = min(workers, len(jobs))
+    if workers > 1:
+        with _sigint_ignored():
+            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
+        try:
+            for i, (out, said) in pool.imap_unordered(_indexed, list(enumerate(jobs))):
+                on_result(i, out, said)
+        finally:
+            pool.terminate()
+            pool.join()
+        return
+    try:  # in-process: the caller's environment is left alone, its torch thread count restored
+        for i, job in enumerate(jobs):
+            on_result(i, *_run_job_caught(job))
+    finally:
+        _threads.restore()
+
+
+def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
+    i, job = item
+    return i, _run_job_caught(job)
 
 
 def run_evaluation(cfg: EvalConfig) -> dict:
     jobs = [(cfg.scenario, name, seed, cfg.policy_options.get(name, {}))
             for name in cfg.policies for seed in cfg.seeds]
+    keys = [job_key(*job) for job in jobs] if cfg.cache is not None else []
     per_policy: dict[str, dict[int, EpisodeMetrics]] = {n: {} for n in cfg.policies}
     bounds: dict[int, float] = {}
-    bar = tqdm(total=len(jobs), desc=f"evaluate {cfg.scenario.name}", unit="episode", disable=not cfg.progress)
-    if cfg.workers > 1:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(cfg.workers, initializer=_init_worker) as pool:
-            for name, m, b in pool.imap_unordered(_run_job, jobs):
-                per_policy[name][m.seed] = m
-                bounds[m.seed] = b
-                bar.update()
-    else:
-        try:  # in-process: the caller's environment is left alone, its torch thread count restored
-            for job in jobs:
-                name, m, b = _run_job(job)
-                per_policy[name][m.seed] = m
-                bounds[m.seed] = b
-                bar.update()
-        finally:
-            _threads.restore()
+    kept = cfg.cache.load(set(keys)) if cfg.cache is not None else {}
+    for name, m, b in kept.values():
+        per_policy[name][m.seed], bounds[m.seed] = m, b
+    todo = [i for i in range(len(jobs)) if not keys or keys[i] not in kept]
+    if kept:
+        print(f"resumed {len(kept)} of {len(jobs)} episodes from {cfg.cache.path}", file=sys.stderr)
+    bar = tqdm(total=len(jobs), initial=len(kept), desc=f"evaluate {cfg.scenario.name}", unit="episode",
+               disable=not cfg.progress)
+    shown: set[tuple] = set()
+
+    def on_result(j: int, out: tuple[str, EpisodeMetrics, float], said: list) -> None:
+        name, m, b = out
+        if cfg.cache is not None:
+            cfg.cache.append(keys[todo[j]], name, m, b)
+        per_policy[name][m.seed], bounds[m.seed] = m, b
+        for category, message in said:
+            if (category, message) not in shown:
+                shown.add((category, message))
+                warnings.warn(message, category, stacklevel=2)
+        bar.update()
+
+    try:
+        _run_jobs([jobs[i] for i in todo], cfg.workers, on_result)
+    except KeyboardInterrupt:
+        bar.close()
+        if cfg.cache is None:
+            raise
+        done = len(cfg.cache.load(set(keys)))  # what a rerun will find, counted on disk
+        raise KeyboardInterrupt(f"kept {done} of {len(jobs)} episodes in {cfg.cache.path}; "
+                                f"rerun the same command to finish") from None
     bar.close()
     return summarise(cfg, per_policy, bounds)
 
@@ -157,7 +244,9 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
                  "version": __version__, "policies": {}}
     avg = {n: np.array([per_policy[n][s].avg_jct for s in seeds]) for n in cfg.policies}
     heuristics = [n for n in cfg.policies if is_heuristic(n)]
-    best = min(heuristics, key=lambda n: np.nanmean(avg[n])) if heuristics else None
+    # A heuristic none of whose episodes finished a task has no avg JCT: it is never the best.
+    measured = [n for n in heuristics if np.isfinite(avg[n]).any()]
+    best = min(measured, key=lambda n: float(np.mean(avg[n][np.isfinite(avg[n])]))) if measured else None
     out["best_heuristic"] = best
     for n in cfg.policies:
         eps = [per_policy[n][s] for s in seeds]
@@ -175,13 +264,42 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
     return out
 
 
+NULLS_WHY = ("null stands for a value that is not a finite number, which strict JSON cannot hold: NaN "
+             "where there was nothing to measure (an episode in which no task finished has no JCT, so no "
+             "percentiles and no difference from the best heuristic; a mean over no finite values), or "
+             "infinity (decisions/s of an episode whose decisions took no measurable time)")
+
+
+def _strict(value, path: str, nulls: list[str]):
+    """`value` with every non-finite float replaced by None, the paths of those in `nulls`."""
+    if isinstance(value, dict):
+        return {k: _strict(v, f"{path}.{k}" if path else str(k), nulls) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v, f"{path}[{i}]", nulls) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        nulls.append(path)
+        return None
+    return value
+
+
 def write_results(results: dict, out_dir: Path) -> Path:
+    """OUT/results.json, strict JSON (see the module docstring), replaced in one step: a reader
+    sees the old file or the new one, and a failed write leaves no temporary file behind."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    clean = {k: v for k, v in results.items() if not k.startswith("_")}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=2))
-    tmp.replace(path)
+    nulls: list[str] = []
+    clean = _strict({k: v for k, v in results.items() if not k.startswith("_")}, "", nulls)
+    if nulls:
+        clean["nulls"] = {"why": NULLS_WHY, "fields": nulls}
+    tmp = out_dir / f".results.json.{os.getpid()}.tmp"  # created with the usual permissions
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(clean, indent=2, allow_nan=False))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+PLOT_FILES = ("avg_jct.png", "jct_cdf.png", "in_system.png")  # what write_plots writes, in order
+
 
 def _pyplot():
     import matplotlib
@@ -41,7 +43,7 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     ax.set_title(f"{results['scenario']}: {len(results['seeds'])} seeds")
     ax.legend()
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    paths.append(_save(plt, fig, out_dir / "avg_jct.png"))
+    paths.append(_save(plt, fig, out_dir / PLOT_FILES[0]))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for n in names:
@@ -53,7 +55,7 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("fraction of tasks")
     ax.set_title(f"{results['scenario']}: JCT CDF, all seeds pooled")
     ax.legend(fontsize=8)
-    paths.append(_save(plt, fig, out_dir / "jct_cdf.png"))
+    paths.append(_save(plt, fig, out_dir / PLOT_FILES[1]))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for n in names:
@@ -67,5 +69,5 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("tasks in the system (mean over seeds)")
     ax.set_title(f"{results['scenario']}: tasks in the system over time")
     ax.legend(fontsize=8)
-    paths.append(_save(plt, fig, out_dir / "in_system.png"))
+    paths.append(_save(plt, fig, out_dir / PLOT_FILES[2]))
     return paths
