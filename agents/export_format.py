@@ -16,7 +16,8 @@ import numpy as np
 
 from envs.graph import feature_layout, feature_scales, graph_arrays
 from tapfinger import __version__
-from tapfinger.sim.scenario import FINGERPRINT_COVERS, Scenario, scenario_fingerprint
+from tapfinger.sim.scenario import (FINGERPRINT_COVERS, Scenario, ScenarioError, builtin_names, fingerprint_parts,
+                                    load_scenario, scenario_fingerprint)
 
 FORMAT = "tapfinger-exported-policy-1"
 METADATA_KEY = "tapfinger"  # ONNX metadata_props key, and the name of the .pt2 extra file (+ ".json")
@@ -110,8 +111,9 @@ def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str)
     if meta.get("scenario_fingerprint") != scenario_fingerprint(scenario):
         raise ExportedPolicyError(
             f"{path} was exported for scenario '{meta.get('scenario')}', which differs from this "
-            f"'{scenario.name}' in one of: {FINGERPRINT_COVERS}. Fix: evaluate it with --scenario "
-            f"{meta.get('scenario')}, or export a checkpoint trained on '{scenario.name}'.")
+            f"'{scenario.name}' in one of: {FINGERPRINT_COVERS}{fingerprint_difference(meta, scenario, 'file')}. "
+            f"Fix: evaluate it with --scenario {meta.get('scenario')}, or export a checkpoint trained on "
+            f"'{scenario.name}'.")
     layout = meta.get("feature_layout", {})
     want = expected_layout(scenario)
     if layout.get("inputs") != want["inputs"] or layout.get("outputs") != want["outputs"]:
@@ -124,3 +126,58 @@ def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str)
             f"{path} expects other graph features than this version builds (feature layout differs). Fix: "
             f"re-export the checkpoint with tapfinger {__version__}.")
     return meta
+
+
+# --------------------------------------------------------------------------- what differs
+def stored_parts(scenario: Scenario) -> dict[str, str]:
+    """The fingerprint's parts as a checkpoint or exported file stores them (reprs: plain strings,
+    which `torch.load(weights_only=True)` and JSON both read)."""
+    return {k: repr(v) for k, v in fingerprint_parts(scenario).items()}
+
+
+def _builtin_parts(name, fingerprint) -> dict[str, str] | None:
+    """The parts of the built-in scenario of that name, if it is the one the file was made for
+    (same fingerprint): how files that store no parts (the shipped checkpoints) are compared."""
+    if not isinstance(name, str) or name not in builtin_names():
+        return None
+    try:
+        builtin = load_scenario(name)
+    except (ScenarioError, OSError):  # e.g. its shared data is not here
+        return None
+    return stored_parts(builtin) if scenario_fingerprint(builtin) == fingerprint else None
+
+
+def _shape_differences(cfg, scenario: Scenario) -> list[tuple[str, object, object]]:
+    """What the stored network configuration shows of its scenario, against `scenario`."""
+    if not isinstance(cfg, dict):
+        return []
+    here = {"number of task types": len(scenario.task_types), "number of resources": scenario.num_resources,
+            "grid": list(scenario.grid_max), "window": scenario.window_size,
+            "most nodes in a cluster": max(len(c.nodes) for c in scenario.clusters)}
+    keys = {"number of task types": "num_types", "number of resources": "num_resources", "grid": "grid_max",
+            "window": "window", "most nodes in a cluster": "max_nodes"}
+    return [(label, cfg[keys[label]], value) for label, value in here.items()
+            if keys[label] in cfg and cfg[keys[label]] != value]
+
+
+def _short(value: object) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fingerprint_difference(stored: dict, scenario: Scenario, holder: str) -> str:
+    """"; what differs: window (10 in the checkpoint, 5 here), ..." for a checkpoint payload or
+    exported metadata whose fingerprint differs from `scenario`'s ("" when it cannot be told).
+    From the parts the file stores, else from the built-in scenario it names, else from the
+    network's shape (its model configuration)."""
+    parts = stored.get("scenario_parts")
+    if not isinstance(parts, dict):
+        parts = _builtin_parts(stored.get("scenario"), stored.get("scenario_fingerprint"))
+    if isinstance(parts, dict):
+        here = stored_parts(scenario)
+        diffs = [(k, parts[k], v) for k, v in here.items() if k in parts and parts[k] != v]
+    else:
+        diffs = _shape_differences(stored.get("model_config"), scenario)
+    if not diffs:
+        return ""
+    return "; what differs: " + ", ".join(f"{k} ({_short(a)} in the {holder}, {_short(b)} here)" for k, a, b in diffs)

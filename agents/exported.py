@@ -5,7 +5,8 @@ An exported file holds the network as a program with a plain-tensor interface
 of the agents that decide go in, greedy actions and the task logits come out. This module runs
 it with onnxruntime (`onnx:FILE`, imports numpy and onnxruntime only: neither torch nor
 torch_geometric) or with `torch.export.load` (`pt2:FILE`, imports torch but not
-torch_geometric), as the scorer of the learned policy's one round loop
+torch_geometric; only once `agents.pt2_archive` has checked that the archive holds nothing that
+could run code when torch loads it), as the scorer of the learned policy's one round loop
 (`agents.learned.acting.RoundPlanner`: liveness rule, multi-task sequences, conflict resolution),
 the same loop the eager policy runs.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import io
 import json
+import operator
+import os
 import zipfile
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +29,7 @@ from agents.export_format import (ACTING_KEYS, FORMAT, INPUT_NAMES, METADATA_KEY
                                   graph_feeds, round_feeds, stacked_decision_feeds)
 from agents.learned.acting import ActingOptions, Choices, RoundPlanner, Step
 from agents.learned.masks import MASK_KEYS
+from agents.pt2_archive import UnsafeProgramError, check_pt2_archive, count_nonfinite_weights, read_pt2_metadata
 from envs.actions import RoundActions
 from envs.graph import feature_layout
 from tapfinger.sim.scenario import Scenario, scenario_fingerprint
@@ -47,6 +51,9 @@ class Runner(Protocol):
 
 
 def _missing(path: Path, kind: str) -> ExportedPolicyError:
+    if path.is_dir():
+        return ExportedPolicyError(f"exported policy {path} is a directory, not a file. Fix: give the {kind} file "
+                                   f"itself (the --out of `tapfinger export`), e.g. {path / ('policy.' + kind)}.")
     return ExportedPolicyError(f"exported policy {path} does not exist. Fix: write it with `tapfinger export "
                                f"--checkpoint CKPT --format {kind} --out {path}`, or give the right path.")
 
@@ -58,8 +65,16 @@ def _unreadable(path: Path, kind: str, exc: BaseException) -> ExportedPolicyErro
         f"corrupted, truncated or not a {kind} file. Fix: export it again with `tapfinger export --format {kind}`.")
 
 
+def _nonfinite(path: Path, bad: int, total: int, where: str) -> ExportedPolicyError:
+    return ExportedPolicyError(
+        f"exported policy {path} {where} ({bad:,} of {total:,} values are NaN or infinite): it was exported from "
+        f"a diverged training run. Fix: export the run's best.pt or an earlier checkpoint, or retrain with a "
+        f"lower --lr.")
+
+
 class OnnxRunner:
-    """onnxruntime session, one intra-op thread by default (evaluation workers are the parallelism)."""
+    """onnxruntime session, one intra-op thread by default (evaluation workers are the parallelism).
+    ONNX is a protobuf of operators and tensors: opening it runs no code from the file."""
 
     def __init__(self, path: Path, threads: int = 1):
         import onnxruntime as ort
@@ -85,23 +100,34 @@ class OnnxRunner:
         return self.session.run(list(OUTPUT_NAMES), {k: feeds[k] for k in self.input_names})
 
 
-class Pt2Runner:
-    """A `torch.export` program (.pt2) run eagerly by torch; torch_geometric is not needed."""
+def _pt2_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise _missing(path, "pt2")
+    if not zipfile.is_zipfile(path):  # torch.export.save writes a zip archive
+        raise _unreadable(path, "pt2", ValueError("not a zip archive"))
+    return path.read_bytes()
 
-    def __init__(self, path: Path, threads: int | None = None):
+
+class Pt2Runner:
+    """A `torch.export` program (.pt2) run eagerly by torch; torch_geometric is not needed.
+
+    The file is read once; its metadata is read (and, given a scenario, checked) and the archive
+    checked by `agents.pt2_archive` before torch sees it: torch.export.load can run code from a
+    crafted file, so only an archive of the form `tapfinger export` writes reaches it, repacked
+    from the checked members."""
+
+    def __init__(self, path: Path, threads: int | None = None, scenario: Scenario | None = None):
+        data = _pt2_bytes(path)
+        self.metadata = read_pt2_metadata(data, path)
+        if scenario is not None:
+            check_metadata(self.metadata, path, scenario, "pt2")
+        archive = check_pt2_archive(data, path)
+        bad, total = count_nonfinite_weights(archive.members)
+        if bad:
+            raise _nonfinite(path, bad, total, "has non-finite weights")
         import torch
 
-        if not path.is_file():
-            raise _missing(path, "pt2")
-        if not zipfile.is_zipfile(path):  # torch.export.save writes a zip archive
-            raise _unreadable(path, "pt2", ValueError("not a zip archive"))
-        extra = {PT2_EXTRA_FILE: ""}
-        try:
-            # from a buffer: torch.export.load wants file names ending in .pt2, ours need not
-            program = torch.export.load(io.BytesIO(path.read_bytes()), extra_files=extra)
-        except Exception as exc:  # truncated archives, foreign zips, version skew
-            raise _unreadable(path, "pt2", exc) from None
-        self.metadata = _parse_json(extra[PT2_EXTRA_FILE] or None)
+        program = _load_program(torch, archive.data, path)
         if threads is not None:
             torch.set_num_threads(threads)
         self.module = program.module()
@@ -112,6 +138,31 @@ class Pt2Runner:
         with torch.no_grad():
             out = self.module(*(torch.from_numpy(feeds[k]) for k in INPUT_NAMES))
         return [o.numpy() for o in out]
+
+
+def _load_program(torch, data: bytes, path: Path):
+    """torch.export.load of a checked archive, with torch's own guard on as well: every torch.load
+    inside it is forced to weights_only (TORCH_FORCE_WEIGHTS_ONLY_LOAD)."""
+    saved = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        # from a buffer: torch.export.load wants file names ending in .pt2, ours need not
+        program = torch.export.load(io.BytesIO(data))
+    except Exception as exc:  # version skew, inconsistent members
+        raise _unreadable(path, "pt2", exc) from None
+    finally:
+        if saved is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
+    # The archive check allowed aten operators and getitem by name; here, what the names resolved to.
+    for node in program.graph.nodes:
+        if node.op == "call_function" and not (
+                node.target is operator.getitem
+                or (isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "aten")):
+            raise UnsafeProgramError(f"exported policy {path} is refused: its program calls {node.target!r}, which "
+                                     f"is not an aten operator. Fix: export it again with `tapfinger export`.")
+    return program
 
 
 def _parse_json(raw: str | bytes | None) -> dict | None:
@@ -131,35 +182,44 @@ def open_runner(path: str | Path, kind: str, scenario: Scenario, threads: int | 
     path = Path(path)
     if kind == "onnx":
         runner: Runner = OnnxRunner(path, threads=threads or 1)
+        check_metadata(runner.metadata, path, scenario, kind)
     elif kind == "pt2":
-        runner = Pt2Runner(path, threads=threads)
+        runner = Pt2Runner(path, threads=threads, scenario=scenario)  # checks the metadata before loading
     else:
         raise ExportedPolicyError(f"unknown exported format {kind!r}. Fix: use onnx:FILE or pt2:FILE.")
-    check_metadata(runner.metadata, path, scenario, kind)
     return runner
 
 
 # --------------------------------------------------------------------------- the policy
 class _ProgramRound:
-    def __init__(self, runner: Runner, arrays: dict[str, np.ndarray]):
+    def __init__(self, runner: Runner, arrays: dict[str, np.ndarray], path: Path | None = None):
         self.runner = runner
         self.graph = round_feeds(arrays)
+        self.path = path
 
     def score(self, agents: np.ndarray, masks: dict[str, np.ndarray]) -> Choices:
         # Every call runs the whole program, encoder included: the encoder's output does not depend
         # on the masks, so a later choice of a sequence equals the eager model's reuse of it.
-        place, node, alloc, _, prob = self.runner.run({**self.graph, **stacked_decision_feeds(agents, masks)})
+        place, node, alloc, logits, prob = self.runner.run({**self.graph, **stacked_decision_feeds(agents, masks)})
+        # Finite inputs and weights give finite scores (masked choices are -1e9, not -inf); NaN
+        # weights, which an ONNX file does not show without loading them, give NaN scores and a
+        # meaningless argmax: stop rather than act on them.
+        bad = int((~np.isfinite(logits)).sum())
+        if bad:
+            raise _nonfinite(self.path or Path("<program>"), bad, int(logits.size),
+                             "computed non-finite task scores from finite inputs; its weights are not finite")
         return Choices(place, node, alloc, prob)
 
 
 class ProgramScorer:
     """The exported program as the round loop's scorer (greedy choices, the shared tie rule)."""
 
-    def __init__(self, runner: Runner):
+    def __init__(self, runner: Runner, path: Path | None = None):
         self.runner = runner
+        self.path = path
 
     def for_round(self, arrays: dict[str, np.ndarray]) -> _ProgramRound:
-        return _ProgramRound(self.runner, arrays)
+        return _ProgramRound(self.runner, arrays, self.path)
 
 
 class ExportedPolicy(Policy):
@@ -185,7 +245,7 @@ class ExportedPolicy(Policy):
                                           f"max_sequence or bayes (pointer is fixed at export).")
             acting[k] = v
         self.planner = RoundPlanner(scenario, ActingOptions(**acting), record_arrays=False)
-        self.scorer = ProgramScorer(self.runner)
+        self.scorer = ProgramScorer(self.runner, Path(path))
 
     @property
     def metadata(self) -> dict:
@@ -206,10 +266,18 @@ class ExportedPolicy(Policy):
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The metadata of an exported file without a scenario check (for `tapfinger export --show`)."""
+    """The metadata of an exported file without a scenario check (for `tapfinger export --show`).
+    A .pt2 program is never loaded for this (nor torch imported): its metadata is read from the
+    archive, and the archive is checked as loading it would be, so that what --show accepts, a
+    policy of that file accepts too."""
     path = Path(path)
-    kind = "pt2" if zipfile.is_zipfile(path) else "onnx"
-    runner = OnnxRunner(path) if kind == "onnx" else Pt2Runner(path)
-    if runner.metadata is None:
+    if (path.is_file() and zipfile.is_zipfile(path)) or path.suffix == ".pt2":
+        data = _pt2_bytes(path)  # a clear error for a missing, directory or non-zip .pt2
+        meta = read_pt2_metadata(data, path)
+        if meta is not None:
+            check_pt2_archive(data, path)
+    else:
+        meta = OnnxRunner(path).metadata
+    if meta is None:
         raise ExportedPolicyError(f"{path} holds no TapFinger metadata. Fix: export it with `tapfinger export`.")
-    return runner.metadata
+    return meta

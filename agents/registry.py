@@ -36,8 +36,10 @@ POLICIES: dict[str, str | tuple[str, dict]] = {
     "tapfinger-mlp": "agents.learned.policy:LearnedPolicy",  # its own checkpoint: see CHECKPOINT_NAMES
 }
 
-# Policies trained separately from the scenario's main checkpoint: name -> shipped file stem suffix.
+# Policies trained separately from the scenario's main checkpoint: name -> shipped file stem suffix,
+# and the encoder of their network (what tells their checkpoint from the main one).
 CHECKPOINT_NAMES = {"tapfinger-mlp": "-mlp"}  # the no-graph ablation: checkpoints/<scenario>-mlp.pt
+CHECKPOINT_ENCODERS = {"tapfinger-mlp": "mlp"}
 
 EXPORTED_KINDS = ("onnx", "pt2")
 EXPORTED_CLASS = "agents.exported:ExportedPolicy"
@@ -94,20 +96,42 @@ def policy_options(name: str, scenario: Scenario, checkpoint: str | None = None)
     `--checkpoint`, or the one shipped for the scenario)."""
     if not takes_checkpoint(policy_class(name)):
         return {}
-    if name in CHECKPOINT_NAMES:  # trained separately: never the main --checkpoint
-        stem = f"{scenario.name}{CHECKPOINT_NAMES[name]}"
-        path = shipped_checkpoint(stem)
-        if path is None:
-            raise ValueError(f"no checkpoint {stem}.pt ships for policy {name!r} on scenario {scenario.name!r}. "
-                             f"Fix: train one (`tapfinger train --encoder mlp` for tapfinger-mlp) and save it as "
-                             f"checkpoints/{stem}.pt.")
-        return {"checkpoint": str(path)}
+    if name in CHECKPOINT_NAMES:  # trained separately: --checkpoint only if it is such a network
+        return {"checkpoint": _separate_checkpoint(name, scenario, checkpoint)}
     path = checkpoint or shipped_checkpoint(scenario.name)
     if path is None:
         raise ValueError(f"no checkpoint for policy {name!r} on scenario {scenario.name!r}. Fix: pass "
                          f"--checkpoint PATH (from `tapfinger train`), or use a scenario with a shipped "
                          f"checkpoint in checkpoints/.")
     return {"checkpoint": str(path)}
+
+
+def _separate_checkpoint(name: str, scenario: Scenario, checkpoint: str | None) -> str:
+    """The checkpoint of a policy trained separately (tapfinger-mlp): --checkpoint when it holds
+    such a network (so that a run may name one), else the shipped one. A --checkpoint of the main
+    (graph) network is left to `tapfinger`, so one evaluation can compare the two."""
+    encoder = CHECKPOINT_ENCODERS[name]
+    why = ""
+    if checkpoint is not None:
+        from agents.learned.checkpoint import CheckpointError, read_payload
+
+        try:
+            found = read_payload(checkpoint)["model_config"].get("encoder", "graph")
+        except CheckpointError as exc:
+            found, why = None, f" --checkpoint cannot serve it: {exc}"
+        if found == encoder:
+            return str(checkpoint)
+        if found is not None:
+            why = (f" --checkpoint {checkpoint} holds a {found}-encoder network (the `tapfinger` policy's), not an "
+                   f"{encoder}-encoder one, so it is not used for {name!r}.")
+    stem = f"{scenario.name}{CHECKPOINT_NAMES[name]}"
+    path = shipped_checkpoint(stem)
+    if path is None:
+        raise ValueError(f"no checkpoint {stem}.pt ships for policy {name!r} on scenario {scenario.name!r}, and no "
+                         f"--checkpoint of an {encoder}-encoder network was given.{why} Fix: train one (`tapfinger "
+                         f"train --encoder {encoder}`) and pass it with --checkpoint, or save it as "
+                         f"checkpoints/{stem}.pt.")
+    return str(path)
 
 
 def demo_policies(scenario_name: str) -> list[str]:

@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenario", default=None,
                    help="scenario the checkpoint was trained on, if it is a TOML file (default: its built-in name)")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the eager model")
-    p.add_argument("--show", metavar="FILE", default=None, help="print the metadata of an exported file and exit")
+    p.add_argument("--show", metavar="FILE", default=None,
+                   help="print the metadata of an exported file and exit (a .pt2 program is checked as loading it "
+                        "would be, but never loaded: a file that could run code is refused)")
     p.set_defaults(func=run)
 
 
