@@ -104,6 +104,13 @@ class EpisodeRun:
             self._obs = build_observations(self.engine)
         return self._obs
 
+    def progress_features(self) -> np.ndarray:
+        """[tasks yet to arrive, tasks in the system] over the episode's task count: where the
+        episode stands. A scheduler knows both (the arrival model fixes the count; it sees arrivals);
+        the training critic gets them, because a return to go depends mostly on what is still to come."""
+        eng = self.engine
+        return np.array([(eng.T - eng.next_arrival) / eng.T, tasks_in_system(eng) / eng.T], dtype=np.float32)
+
     def play(self, act: RoundActions) -> RoundInfo:
         """Play this round's actions; what happened, for recorders."""
         eng = self.engine

@@ -31,12 +31,14 @@ class GraphBatch:
     cluster_round: torch.Tensor  # [B*N] which round each cluster row belongs to
     masks: dict[str, torch.Tensor]  # task_mask [A, W+1], node_mask [A, W, Nn], alloc_low, alloc_high
     num_rounds: int
+    progress_x: torch.Tensor | None = None  # [B, 2] episode progress of each round (training records only)
 
     def to(self, device: torch.device) -> "GraphBatch":
         mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return GraphBatch(mv(self.x), mv(self.edges), self.window_row.to(device), self.node_row.to(device),
                           self.agent_row.to(device), self.round_of_agent.to(device),
-                          self.cluster_round.to(device), mv(self.masks), self.num_rounds)
+                          self.cluster_round.to(device), mv(self.masks), self.num_rounds,
+                          None if self.progress_x is None else self.progress_x.to(device))
 
 
 def collate(rounds: list[dict[str, np.ndarray]]) -> GraphBatch:
@@ -65,5 +67,7 @@ def collate(rounds: list[dict[str, np.ndarray]]) -> GraphBatch:
     masks = {k: t(np.concatenate([r[k] for r in rounds])) for k in MASK_KEYS}
     masks["task_mask"] = masks["task_mask"].bool()
     masks["node_mask"] = masks["node_mask"].bool()
+    progress = torch.from_numpy(np.concatenate([r["progress_x"] for r in rounds])) \
+        if all("progress_x" in r for r in rounds) else None
     return GraphBatch(x, edges, t(window_row), t(node_row), t(agent_row), t(round_of_agent), t(round_of_agent),
-                      masks, len(rounds))
+                      masks, len(rounds), progress)

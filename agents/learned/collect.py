@@ -119,6 +119,8 @@ class _Env:
             return None
 
     def _play(self, actions, record: RoundRecord) -> None:
+        if record.arrays:  # what the critic sees of the round beyond the graph (see progress_features)
+            record.arrays["progress_x"] = self.run.progress_features()[None, :]
         info: RoundInfo = self.run.play(actions)
         self.rounds.append(record)
         self.rewards.append(-info.tasks_during * self.reward_scale if info.slot_ended else 0.0)

@@ -27,6 +27,7 @@ class ModelOptions:
     heads: int = 2  # attention heads per graph-attention layer
     encoder: Literal["graph", "mlp"] = "graph"  # graph attention, or mlp: the no-graph ablation
     separate_critic: bool = True  # the critic gets its own encoder (--no-separate-critic: shared, as before)
+    critic_progress: bool = True  # the critic also sees tasks yet to arrive and in the system (training only)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from agents.learned.batch import GraphBatch
 from envs.graph import EDGE_TYPES, VERTEX_TYPES, feature_dims
 from tapfinger.sim.scenario import Scenario
 
+PROGRESS_FEATURES = 2  # EpisodeRun.progress_features: tasks yet to arrive, tasks in the system
 NEG = -1e9  # masked logit; finite so that fully-masked rows never produce NaN
 
 
@@ -38,6 +39,7 @@ class ModelConfig:
     heads: int = 2
     encoder: str = "graph"  # "graph", or "mlp" for the no-graph ablation
     separate_critic: bool = False  # the critic's own encoder (False: shared with the actor)
+    critic_progress: bool = False  # the critic also sees the episode's progress (EpisodeRun.progress_features)
 
     @classmethod
     def for_scenario(cls, scenario: Scenario, **kw) -> "ModelConfig":
@@ -103,7 +105,7 @@ class TapFingerNet(nn.Module):
         self.alloc_in = mlp(3 * H, H, H)
         self.alloc_heads = nn.ModuleList([nn.Linear(H, g + 1) for g in cfg.grid_max])
         self.alloc_embed = nn.ModuleList([nn.Embedding(g + 1, H) for g in cfg.grid_max])
-        self.critic = mlp(2 * H, H, 1)
+        self.critic = mlp(2 * H + (PROGRESS_FEATURES if cfg.critic_progress else 0), H, 1)
         self.critic_encoder = Encoder(cfg) if cfg.separate_critic else None
 
     # ------------------------------------------------------------------ shared parts
@@ -118,10 +120,16 @@ class TapFingerNet(nn.Module):
     def values(self, h: dict[str, torch.Tensor], batch: GraphBatch) -> torch.Tensor:
         """The critic's value of every (round, agent) of `batch` (h: the actor's `encode`)."""
         if self.critic_encoder is None:
-            return self.critic(h["value_in"]).squeeze(-1)
-        hc = self.critic_encoder(batch)["cluster"]
-        glob = scatter(hc, batch.cluster_round, dim=0, dim_size=batch.num_rounds, reduce="mean")
-        return self.critic(torch.cat([hc[batch.agent_row], glob[batch.round_of_agent]], dim=-1)).squeeze(-1)
+            z = h["value_in"]
+        else:
+            hc = self.critic_encoder(batch)["cluster"]
+            glob = scatter(hc, batch.cluster_round, dim=0, dim_size=batch.num_rounds, reduce="mean")
+            z = torch.cat([hc[batch.agent_row], glob[batch.round_of_agent]], dim=-1)
+        if self.cfg.critic_progress:
+            if batch.progress_x is None:
+                raise ValueError("this critic needs each round's episode progress (collected rounds carry it)")
+            z = torch.cat([z, batch.progress_x[batch.round_of_agent]], dim=-1)
+        return self.critic(z).squeeze(-1)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """"critic": the value head (and its encoder when separate); "actor": everything else."""

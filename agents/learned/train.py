@@ -101,7 +101,10 @@ class Trainer:
                 raise CheckpointError(f"--init-from {path} has --{name} {getattr(src.cfg, name)!r}, this run "
                                       f"{getattr(self.model_cfg, name)!r}. Fix: pass --{name} "
                                       f"{getattr(src.cfg, name)}.")
-        self.net.load_state_dict(src.state_dict(), strict=False)
+        own = self.net.state_dict()
+        # everything that fits: a critic of another input width (critic_progress) starts fresh
+        self.net.load_state_dict({k: v for k, v in src.state_dict().items()
+                                  if k in own and own[k].shape == v.shape}, strict=False)
         if self.net.critic_encoder is not None and src.critic_encoder is None:
             self.net.critic_encoder.load_state_dict(src.encoder.state_dict())
         self.imitation_done = True  # the starting policy replaces the warm start

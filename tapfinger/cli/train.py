@@ -76,7 +76,10 @@ def resume_command(argv: list[str], cmd: TrainCommand) -> TrainCommand:
     raw = read_payload(path).get("train_config")
     if not raw:
         return cmd
-    return parse(argv, default=TrainCommand(config_from_dict(json.loads(raw)), resume=True, quiet=cmd.quiet))
+    # The switches keep their defaults (False) in the default command, so that tyro still offers
+    # `--resume`/`--quiet` (a True default would turn them into `--no-resume`/`--no-quiet`).
+    resumed = parse(argv, default=TrainCommand(config_from_dict(json.loads(raw))))
+    return TrainCommand(resumed.training, resume=True, quiet=cmd.quiet)
 
 
 def run(args: argparse.Namespace) -> int:
