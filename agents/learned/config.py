@@ -33,6 +33,7 @@ class ModelOptions:
 @dataclass
 class PPOConfig:
     lr: float = 3e-4  # Adam learning rate
+    critic_lr: float = 0.0  # learning rate of a separate critic (0 = --lr)
     gamma: float = 0.95  # discount per slot
     gae_lambda: float = 0.9  # GAE lambda (0 = one-step TD advantages, 1 = Monte-Carlo)
     clip: float = 0.2  # PPO ratio clip
@@ -123,6 +124,7 @@ class TrainConfig:
             (m, "encoder", m.encoder in ("graph", "mlp"), "graph or mlp"),
             (a, "max_sequence", a.max_sequence >= 1, "at least 1"),
             (p, "lr", p.lr > 0, "greater than 0"),
+            (p, "critic_lr", p.critic_lr >= 0, "at least 0 (0 = --lr)"),
             (p, "gamma", 0 < p.gamma <= 1, "in (0, 1]"),
             (p, "gae_lambda", 0 <= p.gae_lambda <= 1, "in [0, 1]"),
             (p, "clip", p.clip > 0, "greater than 0"),

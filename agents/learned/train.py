@@ -76,7 +76,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model_cfg = cfg.model_config(scenario)
         self.net = TapFingerNet(self.model_cfg).to(self.device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+        self.optimizer = _optimizer(self.net, cfg)
         self.value_norm = ValueNorm(cfg.ppo.value_norm)
         self.iteration = 0
         self.saved_iteration: int | None = None
@@ -254,6 +254,16 @@ class Trainer:
                 f"episodes, NLL {losses[0]:.3f} -> {losses[-1]:.3f}")
         self.imitation_done = True
         self.save()
+
+
+def _optimizer(net: TapFingerNet, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam; a separate critic is its own parameter group with --critic-lr (the critic has to
+    track returns faster than the policy may move)."""
+    if not net.cfg.separate_critic:
+        return torch.optim.Adam(net.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+    groups = net.parameter_groups()
+    return torch.optim.Adam([{"params": groups["actor"], "lr": cfg.ppo.lr},
+                             {"params": groups["critic"], "lr": cfg.ppo.critic_lr or cfg.ppo.lr}], eps=1e-5)
 
 
 def _log_iteration(writer, steps: int, episodes: list[Episode], stats: dict, collect_rate: float,

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tapfinger.sim.textfile import read_text
+
 # Shape constant of the paper's synthetic model: Δp = w · sqrt(1.2 − p) + base.
 SQRT_OFFSET = 1.2
 # Progress is accumulated in floating point; a task whose exact progress is 1 must finish.
@@ -126,20 +128,10 @@ def read_profile(path: str | Path) -> ProfileTable:
 def _read_text(path: Path) -> str:
     """The profile's text: UTF-8, a leading byte-order mark dropped (a spreadsheet's mark would
     otherwise glue itself to the first cell, hiding the header or renaming the first task)."""
-    fix_path = ("check the scenario's `profile` path (it is relative to the scenario file; `package:` and "
-                "`shared:` prefixes name packaged and shared data)")
-    if path.is_dir():
-        raise ProfileError(f"profile {path}: is a directory, not a file. Fix: {fix_path}")
-    if not path.is_file():
-        raise ProfileError(f"profile {path}: file not found. Fix: {fix_path}")
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ProfileError(f"profile {path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}). "
-                           f"Fix: save the CSV as UTF-8") from None
-    except OSError as exc:
-        raise ProfileError(f"profile {path}: cannot be read ({exc.strerror}). Fix: check the file's "
-                           f"permissions") from None
+    return read_text(path, "profile", ProfileError,
+                     fix_missing="check the scenario's `profile` path (it is relative to the scenario file; "
+                                 "`package:` and `shared:` prefixes name packaged and shared data)",
+                     fix_encoding="save the CSV as UTF-8")
 
 
 def synthetic_tables(gpu_scale: float, base: float, cpu_max: int, gpu_max: int) -> tuple[np.ndarray, np.ndarray]:

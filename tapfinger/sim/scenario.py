@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tapfinger.sim.textfile import read_text
+
 VISIBILITY_MODES = ("random-subset", "all", "home")
 ARRIVAL_PROCESSES = ("poisson", "trace")
 PROGRESS_MODELS = ("synthetic", "profile")
@@ -213,20 +215,15 @@ def builtin_names() -> list[str]:
 
 
 def builtin_text(name: str) -> str:
-    return resources.files("tapfinger").joinpath("scenarios", f"{name}.toml").read_text()
+    return resources.files("tapfinger").joinpath("scenarios", f"{name}.toml").read_text(encoding="utf-8")
 
 
 def _read_toml_text(path: Path) -> str:
     """A scenario file's text. TOML is UTF-8; a leading byte-order mark (which some Windows
-    editors write) is dropped rather than reported as "Invalid statement at line 1"."""
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(f"scenario {path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}). "
-                            f"Fix: save the file as UTF-8 (TOML files are UTF-8)") from None
-    except OSError as exc:
-        raise ScenarioError(f"scenario {path}: cannot be read ({exc.strerror}). Fix: check the file's "
-                            f"permissions") from None
+    editors write) is dropped rather than reported as "Invalid statement at line 1". The caller
+    has already told a directory or a missing path apart from a built-in name."""
+    return read_text(path, "scenario", ScenarioError, fix_missing="check the path",
+                     fix_encoding="save the file as UTF-8 (TOML files are UTF-8)")
 
 
 def load_scenario(name_or_path: str | Path, resolve_files: bool = True) -> Scenario:

@@ -40,6 +40,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from tapfinger.sim.scenario import Scenario
+from tapfinger.sim.textfile import read_text
 from tapfinger.sim.workload import Workload, _visible_sets
 
 TRACE_COLUMNS = ("arrival_seconds", "task_type", "work", "deadline_seconds")
@@ -131,20 +132,12 @@ def read_trace(path: str | Path, task_types: Sequence[str] | None = None, horizo
 
 
 def _read_text(path: Path) -> str:
-    if path.is_dir():
-        raise _fail(path, None, None, "is a directory, not a file", "give the path of the trace CSV file in it")
-    if not path.is_file():
-        raise _fail(path, None, None, "file not found",
-                    "check the path (a scenario's `arrivals.trace` is relative to the scenario file; "
-                    "`package:` and `shared:` prefixes name packaged and shared data)")
-    try:
-        # utf-8-sig: a spreadsheet's byte-order mark would otherwise glue itself to the first column name
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _fail(path, None, None, f"is not a UTF-8 text file (byte {exc.start} is 0x{exc.object[exc.start]:02x})",
-                    "give a CSV text file saved as UTF-8") from None
-    except OSError as exc:
-        raise _fail(path, None, None, f"cannot be read ({exc.strerror})", "check the file's permissions") from None
+    # A spreadsheet's byte-order mark would otherwise glue itself to the first column name.
+    return read_text(path, "trace", TraceError,
+                     fix_missing="check the path (a scenario's `arrivals.trace` is relative to the scenario file; "
+                                 "`package:` and `shared:` prefixes name packaged and shared data)",
+                     fix_directory="give the path of the trace CSV file in it",
+                     fix_encoding="save the CSV as UTF-8")
 
 
 class _Rows:

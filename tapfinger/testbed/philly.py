@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from tapfinger.sim.textfile import read_text
 from tapfinger.sim.traces import Trace, TraceError
 
 PHILLY_COLUMNS = ("timestamp", "duration", "num_gpus", "gpu_time")
@@ -67,18 +69,13 @@ def read_philly(path: str | Path) -> list[PhillyJob]:
     """Jobs of a Philly summary CSV (header timestamp,duration,num_gpus,gpu_time[,cluster]); UTF-8,
     a leading byte-order mark ignored."""
     path = Path(path)
-    if path.is_dir():
-        raise TraceError(f"Philly trace {path}: is a directory, not a file. Fix: pass --philly with the path of "
-                         f"the job summary CSV (philly.csv)")
-    if not path.is_file():
-        raise TraceError(f"Philly trace {path}: file not found. Fix: pass --philly PATH, or set "
-                         f"TAPFINGER_SHARED_DATA to the folder holding philly/philly.csv")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            jobs = _philly_jobs(path, csv.reader(fh))
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"Philly trace {path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a block). "
-                         f"Fix: give the job summary CSV as published (UTF-8 text)") from None
+    text = read_text(path, "Philly trace", TraceError,
+                     fix_missing="pass --philly PATH, or set TAPFINGER_SHARED_DATA to the folder holding "
+                                 "philly/philly.csv",
+                     fix_directory="pass --philly with the path of the job summary CSV (philly.csv)",
+                     fix_encoding="give the job summary CSV as published (UTF-8 text)")
+    # newline="": a quoted cell keeps its line breaks, as csv.reader expects of a file opened so
+    jobs = _philly_jobs(path, csv.reader(io.StringIO(text, newline="")))
     if not jobs:
         raise TraceError(f"Philly trace {path} has no jobs")
     return jobs

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tapfinger.sim.textfile import read_text
 from tapfinger.testbed.errors import ProfilerError
 from tapfinger.testbed.measurement import Job
 
@@ -44,12 +46,10 @@ SIDECAR_KEYS = ("profile", "machine", "parameters", "columns")
 
 def _read_rows(out: Path) -> list[list[str]]:
     """The CSV's rows (UTF-8; a byte-order mark from a spreadsheet is ignored)."""
-    try:
-        with out.open(newline="", encoding="utf-8-sig") as fh:
-            return list(csv.reader(fh))
-    except UnicodeDecodeError as exc:
-        raise ProfilerError(f"{out}: not UTF-8 text ({exc.reason} at byte {exc.start}), so not a `tapfinger "
-                            f"profile` output. Fix: choose another --out, or add --force to replace it") from None
+    text = read_text(out, "", ProfilerError, fix_missing="choose another --out",
+                     fix_encoding="choose another --out (this is not a `tapfinger profile` output), or add "
+                                  "--force to replace it")
+    return list(csv.reader(io.StringIO(text, newline="")))
 
 
 def _is_profile_csv(rows: list[list[str]]) -> bool:
