@@ -3,6 +3,15 @@
 DESIGN.md, "Heuristics to compare against": two-level least attained service on accumulated
 GPU-slots; each round it hands out GPUs one by one (up to the grid max per task), ties by
 start time, splits CPUs evenly among the tasks that got GPUs; tasks that get none pause.
+
+Nodes without GPUs (DESIGN.md does not cover them; `local-testbed` and `philly-edge` have only
+such nodes): handing out GPUs there would start no task, and every episode would run to
+`max_slots`. The rule chosen: on a node with no GPU, CPUs take the GPUs' place. A task there
+has attained service in CPU-slots, gets CPUs one by one by the same two-queue order (up to
+the CPU grid maximum), and its other resources (mem, ...) get their minimum; a task that gets
+no CPU pauses. The resource is chosen per node (`attained.lead_resource`), so a cluster that
+mixes both kinds of node serves both. On a node with GPUs nothing changes, so results on the
+GPU scenarios are the same as before.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.heuristics.attained import AttainedService
+from agents.heuristics.attained import AttainedService, lead_resource
 from agents.heuristics.paper_common import ClusterView, PaperBaseline
 from tapfinger.sim.scenario import Scenario
 from tapfinger.sim.tables import StaticTables
@@ -39,6 +48,8 @@ class TiresiasPolicy(PaperBaseline):
        maximum. Other resources (mem) get their minimum;
     4. tasks that got no GPU pause (all-zero row); a candidate that got none does not start
        (it still counts as chosen for the round, so no higher agent picks it).
+    On a node without GPUs, CPUs take the GPUs' place in 2 (CPU-slots, CPU grid maximum) and
+    3 gives only the other resources' minimums (module docstring).
 
     Choices where DESIGN.md is open, taken from the authors' benchmark code and kept because
     they reproduce the reference numbers (scripts/fidelity.py, 30 seeds): the split of the two
@@ -62,7 +73,7 @@ class TiresiasPolicy(PaperBaseline):
 
     def __init__(self, scenario: Scenario, seed: int = 0, skip_claimed: bool = True):
         super().__init__(scenario, seed, skip_claimed)
-        self.service = AttainedService(self.static.gpu)
+        self.service = AttainedService(self.static.gpu, self.static.cpu)
 
     def reset_floor(self, view: ClusterView) -> np.ndarray:
         return np.zeros_like(view.alloc[: view.n_running])  # every task starts from nothing
@@ -73,60 +84,65 @@ class TiresiasPolicy(PaperBaseline):
     def plan(self, view: ClusterView, capacity: np.ndarray) -> np.ndarray:
         """Allocation [L, R] of every task of `view` (running in start order, then the
         candidate) on node capacities `capacity` [Nn, R]; all-zero rows pause."""
-        gpus = grant_gpus(self.static, view, capacity)
+        grants = grant_gpus(self.static, view, capacity)
         alloc = np.zeros_like(self.static.type_min[view.ttype])
-        alloc[:, self.static.gpu] = gpus
-        split_cpus(self.static, view, capacity, alloc)
+        alloc[np.arange(view.size), grants.lead] = grants.gpus
+        split_cpus(self.static, view, capacity, alloc)  # the tasks with GPUs
+        cpu_led = np.asarray(grants.lead, dtype=np.int64) != self.static.gpu
+        fill_minimums(self.static, view, alloc, cpu_led & (alloc[:, self.static.cpu] > 0))
         return alloc
 
 
 @dataclass
 class _GpuGrants:
-    """One round's GPU hand-out in progress. Plain lists: the loop makes up to one pass per GPU
-    over at most ⌊capacity / minimum⌋ tasks, where numpy's per-call overhead would dominate."""
+    """One round's GPU hand-out in progress (CPUs on a node without GPUs: "lead" below, the
+    resource `lead_resource` picks per node). Plain lists: the loop makes up to one pass per
+    unit over at most ⌊capacity / minimum⌋ tasks, where numpy's per-call overhead would dominate."""
 
-    gpu: int  # index of the gpu resource
-    others: list[int]  # the other resources
-    gmax: int  # grid maximum of GPUs per task
+    lead: list[int]  # [L] resource handed out to the task: gpu, or cpu on a node without GPUs
+    others: list[list[int]]  # [L] the task's other resources
+    gmax: list[int]  # [L] grid maximum of the lead resource per task
     tmin: list[list[int]]  # [L][R] minimums
     node: list[int]  # [L] local node
-    attained: list[float]  # [L] GPU-slots before this round
+    attained: list[float]  # [L] service (lead-resource slots) before this round
     cap: list[list[int]]  # [Nn][R] node capacities
     guard: bool  # whether the other resources' minimums can run out on a node
-    free_gpu: list[int]  # [Nn] GPUs not handed out yet
-    reserved: list[list[int]]  # [Nn][R] non-GPU minimums of the tasks with GPUs
-    gpus: list[int]  # [L] GPUs handed out in this round ("las_now"): the task's GPU allocation
+    free_gpu: list[int]  # [Nn] units of the node's lead resource not handed out yet
+    reserved: list[list[int]]  # [Nn][R] non-lead minimums of the tasks with a grant
+    gpus: list[int]  # [L] units handed out in this round ("las_now"): the task's lead allocation
 
     @classmethod
-    def begin(cls, static: StaticTables, view: ClusterView, capacity: np.ndarray) -> "_GpuGrants":
-        gpu = static.gpu
+    def begin(cls, static: StaticTables, view: ClusterView, capacity: np.ndarray) -> _GpuGrants:
         tmin = static.type_min[view.ttype]  # [L, R]
-        others = [r for r in range(tmin.shape[1]) if r != gpu]
+        node_lead = lead_resource(capacity, static.gpu, static.cpu)  # [Nn]
+        lead = node_lead[view.node]  # [L]
+        R = tmin.shape[1]
+        other = np.arange(R)[None, :] != node_lead[:, None]  # [Nn, R]
         # The guard on the other resources' minimums only matters when the tasks' minimums
         # cannot all be held at once on some node (never in the reference scenarios).
         need = np.zeros_like(capacity)
         np.add.at(need, view.node, tmin)
         cap = capacity.tolist()
-        return cls(gpu=gpu, others=others, gmax=int(static.grid_max[gpu]), tmin=tmin.tolist(),
-                   node=view.node.tolist(), attained=view.attained.tolist(), cap=cap,
-                   guard=bool((need[:, others] > capacity[:, others]).any()),
-                   free_gpu=[row[gpu] for row in cap], reserved=[[0] * len(row) for row in cap],
-                   gpus=[0] * view.size)
+        return cls(lead=lead.tolist(), others=[np.flatnonzero(other[n]).tolist() for n in view.node.tolist()],
+                   gmax=static.grid_max[lead].tolist(), tmin=tmin.tolist(), node=view.node.tolist(),
+                   attained=view.attained.tolist(), cap=cap, guard=bool((other & (need > capacity)).any()),
+                   free_gpu=[row[r] for row, r in zip(cap, node_lead.tolist(), strict=True)],
+                   reserved=[[0] * len(row) for row in cap], gpus=[0] * view.size)
 
     def step(self, l: int) -> int:
-        """GPUs task l's next grant gives: its GPU minimum (at least 1) first, then 1."""
-        return max(self.tmin[l][self.gpu], 1) if self.gpus[l] == 0 else 1
+        """Units task l's next grant gives: its minimum of the lead (at least 1) first, then 1."""
+        return max(self.tmin[l][self.lead[l]], 1) if self.gpus[l] == 0 else 1
 
     def service(self) -> list[float]:
-        """Per task: attained + GPUs so far this round; INF for a task that cannot take its next
-        grant (grid maximum reached, no GPU left on its node, or its other minimums do not fit)."""
+        """Per task: attained + units so far this round; INF for a task that cannot take its next
+        grant (grid maximum reached, nothing left on its node, or its other minimums do not fit)."""
         out = [INF] * len(self.gpus)
         for l, g in enumerate(self.gpus):
             n, step = self.node[l], self.step(l)
-            if g + step > self.gmax or self.free_gpu[n] < step:
+            if g + step > self.gmax[l] or self.free_gpu[n] < step:
                 continue
             if self.guard and g == 0 and any(self.cap[n][r] - self.reserved[n][r] < self.tmin[l][r]
-                                             for r in self.others):
+                                             for r in self.others[l]):
                 continue
             out[l] = self.attained[l] + g
         return out
@@ -134,7 +150,7 @@ class _GpuGrants:
     def grant(self, l: int) -> None:
         n, step = self.node[l], self.step(l)
         if self.gpus[l] == 0:
-            for r in self.others:
+            for r in self.others[l]:
                 self.reserved[n][r] += self.tmin[l][r]
         self.gpus[l] += step
         self.free_gpu[n] -= step
@@ -154,13 +170,14 @@ def next_grant(service: list[float], start: list[int]) -> int:
     return -1
 
 
-def grant_gpus(static: StaticTables, view: ClusterView, capacity: np.ndarray) -> list[int]:
-    """GPUs of every row of `view`, handed out one grant at a time by `next_grant`."""
+def grant_gpus(static: StaticTables, view: ClusterView, capacity: np.ndarray) -> _GpuGrants:
+    """GPUs (CPUs on a node without GPUs) of every row of `view`, handed out one grant at a
+    time by `next_grant`: `.gpus` is how many, `.lead` which resource."""
     grants = _GpuGrants.begin(static, view, capacity)
     start = view.start.tolist()
     while (chosen := next_grant(grants.service(), start)) >= 0:
         grants.grant(chosen)
-    return grants.gpus
+    return grants
 
 
 def split_cpus(static: StaticTables, view: ClusterView, capacity: np.ndarray, alloc: np.ndarray) -> None:
@@ -191,6 +208,14 @@ def split_cpus(static: StaticTables, view: ClusterView, capacity: np.ndarray, al
                     spare -= 1
             if spare == before:
                 break
+
+
+def fill_minimums(static: StaticTables, view: ClusterView, alloc: np.ndarray, got: np.ndarray) -> None:
+    """The minimums of every resource but CPU for the rows `got` (tasks that got CPUs on a node
+    without GPUs), in place: only CPUs are handed out beyond the minimum there."""
+    others = [r for r in range(alloc.shape[1]) if r != static.cpu]
+    rows = np.flatnonzero(got)
+    alloc[np.ix_(rows, others)] = static.type_min[view.ttype[rows]][:, others]
 
 
 class TiresiasNPPolicy(TiresiasPolicy):

@@ -158,7 +158,7 @@ class Trainer:
             self._loop(collector, writer, log)
         except KeyboardInterrupt:
             collector.terminate()
-            raise KeyboardInterrupt(self._stopped_line("stopped by Ctrl-C")) from None
+            raise KeyboardInterrupt(self._stopped_line("stopped")) from None
         except DivergedError as exc:
             collector.terminate()
             raise RuntimeError(f"{self._stopped_line(f'training diverged at iteration {self.iteration + 1} ({exc})')}"

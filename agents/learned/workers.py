@@ -13,19 +13,19 @@ re-raises, so an interrupted run stops promptly and leaves no process behind.
 from __future__ import annotations
 
 import os
-import signal
 
 import numpy as np
 import torch
 
 from agents.learned.acting import ActingOptions
+from agents.worker_signals import quiet_worker_signals
 from agents.learned.collect import Episode, EpisodeJob, collect_lockstep
 from agents.learned.model import ModelConfig, TapFingerNet
 from tapfinger.sim.scenario import Scenario
 
 
 def _init_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
+    quiet_worker_signals()  # the parent handles Ctrl-C and SIGTERM and terminates us
     torch.set_num_threads(1)  # the workers are the parallelism; BLAS threads would fight over cores
     os.environ["OMP_NUM_THREADS"] = "1"
 

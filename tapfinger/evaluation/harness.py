@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from agents.worker_signals import quiet_worker_signals
 from tapfinger import __version__
 from tapfinger.evaluation.episode_cache import EpisodeCache, job_key
 from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, summary
@@ -140,11 +141,10 @@ _threads = _TorchThreads()
 
 
 def _init_worker() -> None:
-    # A worker process: one BLAS/OpenMP thread for anything loaded from here on, and no Ctrl-C
-    # (the terminal sends it to the whole process group: the main process alone stops the
-    # workers, so they print no traceback).
+    # A worker process: one BLAS/OpenMP thread for anything loaded from here on, and quiet on
+    # Ctrl-C and SIGTERM (agents/worker_signals.py).
+    quiet_worker_signals()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
