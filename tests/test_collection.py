@@ -30,15 +30,16 @@ class _SampledLone:
     """The one-at-a-time reference: the eager planner (`plan_round` with its own TorchScorer),
     sampling with the episode's generator, one round at a time through `run_episode`."""
 
-    def __init__(self, planner: Planner, sample_seed: int):
+    def __init__(self, planner: Planner, sample_seed: int, deterministic: bool = False):
         self.planner, self.rng = planner, np.random.default_rng(sample_seed)
+        self.deterministic = deterministic
         self.records = []
 
     def reset(self, seed):
         self.planner.reset()
 
     def act(self, obs):
-        actions, record = self.planner.act(obs, rng=self.rng)
+        actions, record = self.planner.act(obs, deterministic=self.deterministic, rng=self.rng)
         self.records.append(record)
         return actions
 
@@ -52,14 +53,17 @@ def _logps(records):
     return np.array([s.logp_task + s.logp_rest for r in records for d in r.decisions for s in d.steps])
 
 
-@pytest.mark.parametrize("multi", [False, True])
-def test_lockstep_gives_the_episodes_of_one_at_a_time_acting(multi):
+@pytest.mark.parametrize("multi, pointer, deterministic", [(False, True, False), (True, True, False),
+                                                             (False, False, True)])
+def test_lockstep_gives_the_episodes_of_one_at_a_time_acting(multi, pointer, deterministic):
+    """Sampled play, multi-task sequences, and the no-pointer ablation's greedy play (whose task
+    choice still draws)."""
     sc = small("edge-default", tasks=25)
-    net, acting = make_net(sc), ActingOptions(multi_task=multi)
-    jobs = [EpisodeJob(seed=3 + e, sample_seed=100 + e) for e in range(4)]
+    net, acting = make_net(sc), ActingOptions(multi_task=multi, pointer=pointer)
+    jobs = [EpisodeJob(seed=3 + e, sample_seed=100 + e, deterministic=deterministic) for e in range(4)]
     batched = collect_lockstep(sc, net, acting, jobs)
     for job, ep in zip(jobs, batched):
-        lone = _SampledLone(Planner(net, sc, acting), job.sample_seed)
+        lone = _SampledLone(Planner(net, sc, acting), job.sample_seed, deterministic)
         res = run_episode(sc, lone, job.seed)
         assert ep.num_rounds == res.rounds and ep.avg_jct == res.avg_jct and ep.unfinished == res.unfinished
         assert _decisions(ep.rounds) == _decisions(lone.records)

@@ -81,7 +81,7 @@ class _Env:
         self.scenario, self.job, self.reward_scale = scenario, job, reward_scale
         self.run = EpisodeRun(scenario, job.seed, name=job.teacher or "tapfinger")
         self.planner = RoundPlanner(scenario, acting, record_arrays=False)
-        self.rng = None if job.deterministic else np.random.default_rng(job.sample_seed)
+        self.rng = np.random.default_rng(job.sample_seed)
         self.teacher = None
         if job.teacher:
             from agents.registry import make_policy
@@ -140,6 +140,9 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
     in the order of `jobs`."""
     from agents.learned.vector import LockstepScorer
 
+    if len({job.deterministic for job in jobs}) > 1:
+        raise ValueError("collect_lockstep plays all jobs sampled or all greedy; collect the others separately")
+    deterministic = bool(jobs) and jobs[0].deterministic
     scorer = LockstepScorer(net, torch.device(device), acting.pointer)
     envs = [_Env(scenario, job, acting, reward_scale) for job in jobs]
     active = list(envs)
@@ -149,7 +152,7 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
             scorer.encode([req.arrays for _, req in waiting])
             pos = {id(env): k for k, (env, _) in enumerate(waiting)}  # the env's round in the batch
             while waiting:
-                choices = scorer.score([(pos[id(env)], req, env.rng) for env, req in waiting])
+                choices = scorer.score([(pos[id(env)], req, env.rng) for env, req in waiting], deterministic)
                 waiting = [(env, nxt) for (env, _), c in zip(waiting, choices)
                            if (nxt := env.answer(c)) is not None]
         active = [env for env in active if not env.run.done]

@@ -41,7 +41,7 @@ class PPOConfig:
     minibatch_rounds: int = 256  # rounds (all their agents' decisions) per minibatch
     vf_coef: float = 0.5  # weight of the value loss
     ent_coef: float = 0.003  # weight of the entropy bonus (all heads) at the start of PPO
-    ent_coef_end: float = 0.0003  # ... decayed linearly to this over --ent-decay-steps
+    ent_coef_end: float = 0.0003  # the entropy weight reached at the end of its linear decay (the decay steps below)
     ent_decay_steps: int = 100_000  # PPO rounds of that decay (not --total-steps: a resume may change that)
     value_norm: bool = True  # critic learns returns normalised by running mean/std (--no-value-norm: raw)
     baseline: Literal["gae", "input"] = "gae"  # advantages: GAE, or Decima's input-driven baseline
@@ -88,7 +88,8 @@ class TrainConfig:
     def hparam_table(self) -> str:
         """A markdown table of every option, nested ones as `model.hidden`, `ppo.lr`, ..."""
         flat = _flatten(asdict(self))
-        return "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items())
+        shown = {k: '""' if v == "" else v for k, v in flat.items()}  # an empty option still shows a value
+        return "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in shown.items())
 
     def validate(self) -> "TrainConfig":
         """Raise a ValueError naming the flag and the fix for the first invalid value."""

@@ -36,15 +36,22 @@ def draw_uniforms(rng: np.random.Generator | None, rows: int, num_resources: int
     return 1.0 - rng.random((rows, uniform_columns(num_resources)))
 
 
+def needs_uniforms(deterministic: bool, pointer: bool) -> bool:
+    """Sampled choices draw uniforms; so does the no-pointer ablation's task choice, which is
+    uniform over the feasible tasks even in greedy play (an argmax of equal scores would always
+    take the first)."""
+    return not deterministic or not pointer
+
+
 def score_rows(net: TapFingerNet, h: dict, batch, rows: np.ndarray, masks: dict[str, np.ndarray],
-               uniforms: np.ndarray | None, device: torch.device, pointer: bool) -> Choices:
-    """The actor heads for `rows` of an encoded batch (deterministic when `uniforms` is None)."""
+               uniforms: np.ndarray | None, device: torch.device, pointer: bool, deterministic: bool) -> Choices:
+    """The actor heads for `rows` of an encoded batch."""
     m = {k: torch.as_tensor(masks[k], device=device) for k in MASK_KEYS}
     m["task_mask"] = m["task_mask"].bool()
     m["node_mask"] = m["node_mask"].bool()
     r = torch.as_tensor(rows, device=device)
     u = None if uniforms is None else torch.as_tensor(uniforms, device=device)
-    d = decide(net, h, batch, r, m, deterministic=uniforms is None, uniforms=u, pointer=pointer)
+    d = decide(net, h, batch, r, m, deterministic=deterministic, uniforms=u, pointer=pointer)
     prob = d.task_probs[torch.arange(r.shape[0], device=device), d.place + 1]  # "none" is choice 0
     return Choices(d.place.cpu().numpy(), d.node.cpu().numpy(), d.alloc.cpu().numpy(), prob.cpu().numpy(),
                    d.logp_task.cpu().numpy(), d.logp_rest.cpu().numpy())
@@ -60,8 +67,9 @@ class _TorchRound:
 
     def score(self, agents: np.ndarray, masks: dict[str, np.ndarray]) -> Choices:
         s = self.s
-        u = None if s.deterministic else draw_uniforms(s.rng, len(agents), len(s.net.cfg.grid_max))
-        return score_rows(s.net, self.h, self.batch, agents, masks, u, s.device, s.pointer)
+        u = draw_uniforms(s.rng, len(agents), len(s.net.cfg.grid_max)) \
+            if needs_uniforms(s.deterministic, s.pointer) else None
+        return score_rows(s.net, self.h, self.batch, agents, masks, u, s.device, s.pointer, s.deterministic)
 
 
 class TorchScorer:
@@ -71,8 +79,8 @@ class TorchScorer:
 
     def __init__(self, net: TapFingerNet, device: torch.device, deterministic: bool = False,
                  rng: np.random.Generator | None = None, pointer: bool = True):
-        if not deterministic and rng is None:
-            raise ValueError("sampled choices need a numpy generator (rng), or deterministic=True")
+        if needs_uniforms(deterministic, pointer) and rng is None:
+            raise ValueError("sampled choices (and the no-pointer ablation) need a numpy generator (rng)")
         self.net, self.device = net, device
         self.deterministic, self.rng, self.pointer = deterministic, rng, pointer
 

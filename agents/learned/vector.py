@@ -17,7 +17,7 @@ from agents.learned.acting import Choices, ScoreRequest
 from agents.learned.batch import collate
 from agents.learned.masks import MASK_KEYS
 from agents.learned.model import TapFingerNet
-from agents.learned.policy import draw_uniforms, score_rows
+from agents.learned.policy import draw_uniforms, needs_uniforms, score_rows
 
 
 class LockstepScorer:
@@ -37,18 +37,16 @@ class LockstepScorer:
         self.h = self.net.encode(self.batch)
         self.num_agents = rounds[0]["cluster_x"].shape[0]
 
-    def score(self, requests: list[tuple[int, ScoreRequest, np.random.Generator | None]]) -> list[Choices]:
-        """Choices for each (batch position, request, generator); a None generator: greedy choices.
-        All requests of one call are sampled, or all greedy."""
-        sampled = [rng is not None for _, _, rng in requests]
-        if any(sampled) and not all(sampled):
-            raise ValueError("one lockstep call mixes sampled and greedy episodes; collect them separately")
+    def score(self, requests: list[tuple[int, ScoreRequest, np.random.Generator]],
+              deterministic: bool = False) -> list[Choices]:
+        """Choices for each (batch position, request, that episode's generator): sampled, or the
+        greedy ones when `deterministic` (then only the no-pointer ablation draws)."""
         R = len(self.net.cfg.grid_max)
         rows = np.concatenate([k * self.num_agents + req.agents for k, req, _ in requests])
         masks = {key: np.concatenate([req.masks[key] for _, req, _ in requests]) for key in MASK_KEYS}
         uniforms = np.concatenate([draw_uniforms(rng, len(req.agents), R) for _, req, rng in requests]) \
-            if all(sampled) else None
-        c = score_rows(self.net, self.h, self.batch, rows, masks, uniforms, self.device, self.pointer)
+            if needs_uniforms(deterministic, self.pointer) else None
+        c = score_rows(self.net, self.h, self.batch, rows, masks, uniforms, self.device, self.pointer, deterministic)
         out, start = [], 0
         for _, req, _ in requests:
             sl = slice(start, start + len(req.agents))
