@@ -153,7 +153,7 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
             pos = {id(env): k for k, (env, _) in enumerate(waiting)}  # the env's round in the batch
             while waiting:
                 choices = scorer.score([(pos[id(env)], req, env.rng) for env, req in waiting], deterministic)
-                waiting = [(env, nxt) for (env, _), c in zip(waiting, choices)
+                waiting = [(env, nxt) for (env, _), c in zip(waiting, choices, strict=True)
                            if (nxt := env.answer(c)) is not None]
         active = [env for env in active if not env.run.done]
     return [env.episode() for env in envs]

@@ -92,7 +92,7 @@ def _backward_measured(net: TapFingerNet, actor_loss: torch.Tensor | None, criti
     actor_grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
     critic_loss.backward()
     sq_a = sq_c = 0.0
-    for p, ga in zip(params, actor_grads):
+    for p, ga in zip(params, actor_grads, strict=True):
         if p.grad is None:
             continue
         a = ga if ga is not None else torch.zeros_like(p.grad)

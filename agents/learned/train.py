@@ -84,6 +84,7 @@ class Trainer:
         self.imitation_done = False
         self.history: list[dict] = []
         self.started = time.time()  # wall clock of the run's start (kept across resumes)
+        self.resumed = resume
         if resume:
             self._resume()
         elif self.ckpt_path.exists():
@@ -150,7 +151,7 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(self.run_dir))
-        if self.iteration == 0 and not self.imitation_done:
+        if not self.resumed:
             writer.add_text("hyperparameters", self.cfg.hparam_table())
         collector = Collector(self.scenario, self.cfg.acting, self.cfg.worker_count(), self.cfg.reward_scale,
                               self.device)

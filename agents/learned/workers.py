@@ -42,7 +42,7 @@ def split(jobs: list, parts: int) -> list[list]:
     """Contiguous, as even as possible, no empty share."""
     parts = max(1, min(parts, len(jobs)))
     bounds = np.linspace(0, len(jobs), parts + 1).round().astype(int)
-    return [jobs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [jobs[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class Collector:
