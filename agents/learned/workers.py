@@ -33,7 +33,7 @@ def _init_worker() -> None:
 def _collect_share(share: tuple) -> list[Episode]:
     scenario, cfg, state, acting, jobs, reward_scale = share
     net = TapFingerNet(ModelConfig(**cfg))
-    net.load_state_dict(state)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     net.eval()
     return collect_lockstep(scenario, net, ActingOptions(**acting), jobs, reward_scale)
 
@@ -68,7 +68,9 @@ class Collector:
                 net.train(was_training)
         from dataclasses import asdict
 
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        # numpy, not torch tensors: torch would share tensors through file descriptors served by a
+        # thread of this process, which prints a traceback when a worker dies mid-transfer (Ctrl-C)
+        state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
         shares = [(self.scenario, net.cfg.to_dict(), state, asdict(self.acting), share, self.reward_scale)
                   for share in split(jobs, self.workers)]
         try:
