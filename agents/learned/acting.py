@@ -8,7 +8,9 @@ only supply a `Scorer`, which scores a batch of deciding agents; everything else
   decision, with its masks updated after each choice (the chosen task removed, the node's free
   resources reduced). The environment starts one task per agent per round, so the rest of the
   sequence is played in the following rounds of the same slot (dropped if a step has become
-  infeasible, e.g. another cluster started that task). Plans are made for one slot.
+  infeasible, e.g. another cluster started that task; an agent left without a playable step
+  decides afresh in that round). Plans are made for one slot. PPO learns a decision as the
+  product of its steps' probabilities, each under the masks it was chosen with (`Step.masks`).
 - liveness: a cluster that runs nothing and has a startable task must start one (its "do
   nothing" choice is masked at the first choice of its decision), so no policy can stall an
   episode forever. The rule asks for one start only: later choices of a sequence may pass.
@@ -21,8 +23,9 @@ This module imports neither torch nor torch_geometric: the ONNX policy runs with
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Generator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -36,8 +39,8 @@ from tapfinger.sim.tables import static_tables
 
 @dataclass
 class ActingOptions:
-    multi_task: bool = False  # emit a sequence of (task, node, allocation) choices per decision
-    max_sequence: int = 4  # the longest such sequence
+    multi_task: bool = False  # a sequence of (task, node, allocation) choices per decision (training: learn so)
+    max_sequence: int = 4  # the longest such sequence (with --multi-task)
     bayes: bool = True  # resolve conflicts by the Bayes posterior (False: by picking probability alone)
     pointer: bool = True  # attention pointer over the window (False: uniform task choice, an ablation)
 
@@ -161,16 +164,18 @@ class RoundPlanner:
         if slot != self.slot:
             self.queue = [[] for _ in range(N)]
             self.slot = slot
-        # agents without a plan decide now; the others play the next still playable step of theirs
-        fresh = [i for i in range(N) if not self.queue[i] and obs["task_mask"][i, 1:].any()]
-        arrays = round_arrays(obs, self.scenario) if fresh or self.record_arrays else {}
-        record = RoundRecord(arrays)
+        # agents with a plan play its next still playable step; the others decide now, also those
+        # whose planned steps have all become unplayable (a stale plan costs no turn: a round in
+        # which nobody starts ends the slot)
         starts: list[Step | None] = [None] * N
         for i in range(N):
             while self.queue[i] and starts[i] is None:
                 step = self.queue[i].pop(0)
                 if step_still_valid(obs, i, step.place, step.node, step.alloc, step.task_id):
                     starts[i] = step
+        fresh = [i for i in range(N) if starts[i] is None and obs["task_mask"][i, 1:].any()]
+        arrays = round_arrays(obs, self.scenario) if fresh or self.record_arrays else {}
+        record = RoundRecord(arrays)
         if fresh:
             record.decisions = yield from self._decide(obs, arrays, fresh)
             for d in record.decisions:

@@ -9,6 +9,13 @@ separate critic (`ModelConfig.separate_critic`) the groups are disjoint and each
 `max_grad_norm` on its own, so the critic's large early gradients never shrink the actor's step.
 Losers of a conflict keep their task log-probability in the loss; their node and allocation
 log-probabilities are left out (those choices never took effect).
+
+A decision is all its steps (one in single-task mode, a sequence of choices in multi-task mode):
+its probability is the product of the steps' probabilities, each step scored with the masks it was
+chosen under (after the earlier steps of its sequence), and its entropy bonus is the sum of the
+steps' entropies; `advantages.decision_logp` sums the same terms from what collection recorded, so
+the ratio is exactly 1 before the first gradient step. The update scores with the acting options'
+`pointer` (`ppo_update(pointer=...)`), as collection did.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ from agents.learned.advantages import Sample, ValueNorm, decision_logp  # noqa: 
 from agents.learned.batch import collate
 from agents.learned.collect import Episode
 from agents.learned.config import PPOConfig
-from agents.learned.model import TapFingerNet
 from agents.learned.masks import MASK_KEYS
+from agents.learned.model import TapFingerNet
 
 HEADS = ("task", "node", "alloc")
 
@@ -116,9 +123,11 @@ def _check_finite(net: TapFingerNet, loss: torch.Tensor) -> None:
 
 def ppo_update(net: TapFingerNet, optimizer: torch.optim.Optimizer, samples: list[Sample],
                episodes: list[Episode], cfg: PPOConfig, rng: np.random.Generator, device: torch.device,
-               value_norm: ValueNorm | None = None, ent_coef: float | None = None, actor: bool = True) -> dict:
+               value_norm: ValueNorm | None = None, ent_coef: float | None = None, actor: bool = True,
+               pointer: bool = True) -> dict:
     """Epochs of clipped PPO over minibatches of rounds; the mean statistics of the update.
-    `actor` False: only the critic learns (a critic warm-up before the policy may move)."""
+    `actor` False: only the critic learns (a critic warm-up before the policy may move).
+    `pointer`: the acting option the samples were collected with (False: the uniform task choice)."""
     value_norm = value_norm or ValueNorm(enabled=False)
     ent_coef = cfg.ent_coef if ent_coef is None else ent_coef
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
@@ -130,7 +139,7 @@ def ppo_update(net: TapFingerNet, optimizer: torch.optim.Optimizer, samples: lis
         kls = []
         for start in range(0, len(order), cfg.minibatch_rounds):
             mb = [samples[i] for r in order[start:start + cfg.minibatch_rounds] for i in by_round[round_keys[r]]]
-            logp, entropy, values = evaluate_samples(net, mb, episodes, device)
+            logp, entropy, values = evaluate_samples(net, mb, episodes, device, pointer)
             old = torch.as_tensor([s.old_logp for s in mb], device=device, dtype=logp.dtype)
             adv = torch.as_tensor([s.advantage for s in mb], device=device, dtype=logp.dtype)
             ret = value_norm.normalise(torch.as_tensor([s.ret for s in mb], device=device, dtype=logp.dtype))
@@ -161,7 +170,7 @@ def ppo_update(net: TapFingerNet, optimizer: torch.optim.Optimizer, samples: lis
 
 def imitation_update(net: TapFingerNet, optimizer: torch.optim.Optimizer, samples: list[Sample],
                      episodes: list[Episode], epochs: int, minibatch_rounds: int, rng: np.random.Generator,
-                     device: torch.device, value_norm: ValueNorm | None = None) -> list[float]:
+                     device: torch.device, value_norm: ValueNorm | None = None, pointer: bool = True) -> list[float]:
     """Behaviour cloning: maximise the log-probability of the teacher's decisions (and fit the critic
     to the teacher's returns, so that PPO starts with a sensible baseline)."""
     value_norm = value_norm or ValueNorm(enabled=False)
@@ -172,7 +181,7 @@ def imitation_update(net: TapFingerNet, optimizer: torch.optim.Optimizer, sample
         epoch_loss = []
         for start in range(0, len(order), minibatch_rounds):
             mb = [samples[i] for r in order[start:start + minibatch_rounds] for i in by_round[keys[r]]]
-            logp, _, values = evaluate_samples(net, mb, episodes, device)
+            logp, _, values = evaluate_samples(net, mb, episodes, device, pointer)
             ret = value_norm.normalise(torch.as_tensor([s.ret for s in mb], device=device, dtype=logp.dtype))
             loss = -logp.mean() + 0.5 * ((values - ret) ** 2).mean()
             optimizer.zero_grad()

@@ -5,7 +5,10 @@ run is the same, so a changed one is refused with the flag named, never silently
 silently applied. `tapfinger train --resume` starts from the run's stored options (flags not given
 keep the run's values), so only flags the user passes can differ. Options that do not change
 the trained parameters may change: the step budget, where and how many processes collect (the
-lockstep collector gives the same episodes for any split), and the periodic evaluation.
+lockstep collector gives the same episodes for any split), and the periodic evaluation. The
+acting options (`--multi-task`, `--max-sequence`, `--no-bayes`, `--no-pointer`) never may: they
+shape what is collected and how PPO scores it, and the checkpoint's mode is the one `tapfinger`
+plays in.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ def stored_config(payload: dict) -> dict:
 
 
 def check_resumable(path: Path, payload: dict, cfg: TrainConfig) -> None:
-    if payload.get("acting") != cfg.acting_dict():
-        raise CheckpointError(f"{path} was trained with acting options {payload.get('acting')}, "
-                              f"not {cfg.acting_dict()}. Fix: use the same --multi-task/--no-bayes/"
-                              f"--max-sequence/--no-pointer flags as that run.")
+    stored, asked = payload.get("acting") or {}, cfg.acting_dict()
+    if stored != asked:
+        differs = ", ".join(f"{k.replace('_', '-')} {stored.get(k)!r} -> {asked.get(k)!r}"
+                            for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k))
+        raise CheckpointError(f"{path} was trained with acting options {stored}, not {asked} ({differs}). "
+                              f"Fix: use the same --multi-task/--no-bayes/--max-sequence/--no-pointer flags "
+                              f"as that run.")
     old = stored_config(payload)
     new = _flatten(asdict(cfg))
     changed = [(k, old[k], v) for k, v in new.items()

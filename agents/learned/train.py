@@ -4,6 +4,14 @@ TensorBoard logs, periodic evaluation against the best heuristic, atomic resumab
 Resuming is exact: every random draw of an iteration (episode seeds, action sampling, minibatch
 order) is derived from (seed, iteration), and the checkpoint holds the weights, the optimiser
 state and the iteration, so N steps straight and N/2 + resume + N/2 give identical parameters.
+
+The acting options (`--multi-task`, `--max-sequence`, `--no-bayes`, `--no-pointer`) are those of
+collection, of the PPO update and of the periodic evaluation, and are stored in the checkpoint,
+so `tapfinger` plays in the mode it was trained in. With `--multi-task` each decision is a
+sequence of choices and PPO learns the sequence's probability (agents.learned.ppo). The
+imitation warm start stays single-step in that mode: a heuristic teacher labels one start per
+agent and round (collect.teacher_record), which trains the heads every step of a sequence uses;
+PPO then learns when to go on or stop a sequence.
 """
 
 from __future__ import annotations
@@ -18,7 +26,12 @@ import torch
 from tqdm import tqdm
 
 from agents.learned.acting import ActingOptions
-from agents.learned.advantages import ValueNorm, attach_values, build_samples, explained_variance
+from agents.learned.advantages import (
+    ValueNorm,
+    attach_values,
+    build_samples,
+    explained_variance,
+)
 from agents.learned.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agents.learned.collect import Episode, EpisodeJob, collect_lockstep
 from agents.learned.config import TrainConfig
@@ -210,14 +223,17 @@ class Trainer:
         self.net.train()
         stats = ppo_update(self.net, self.optimizer, samples, episodes, self.cfg.ppo,
                            np.random.default_rng([self.cfg.seed, self.iteration]), self.device,
-                           self.value_norm, ent_coef, actor=self.iteration >= self.cfg.ppo.critic_warmup)
+                           self.value_norm, ent_coef, actor=self.iteration >= self.cfg.ppo.critic_warmup,
+                           pointer=self.cfg.acting.pointer)
         self.net.eval()
         t2 = time.perf_counter()
         self.iteration += 1
         self.steps += rounds
         bar.update(rounds)
         avg_jct, unfinished = _episode_quality(episodes)
-        stats.update(explained_variance=ev, ent_coef=ent_coef)
+        # choices per decision: 1 in single-task mode, the mean sequence length in multi-task mode
+        stats.update(explained_variance=ev, ent_coef=ent_coef,
+                     steps_per_decision=float(np.mean([len(s.steps) for s in samples])) if samples else 0.0)
         _log_iteration(writer, self.steps, episodes, stats, rounds / (t1 - t0), rounds / (t2 - t0), t2 - t1)
         return {"iteration": self.iteration, "step": self.steps, "train_avg_jct": avg_jct,
                 "unfinished_tasks": unfinished, "sps": rounds / (t2 - t0), "rounds_per_s": rounds / (t1 - t0),
@@ -246,7 +262,8 @@ class Trainer:
             epochs = self.cfg.imitation_epochs if k == 0 else max(2, self.cfg.imitation_epochs // 3)
             self.net.train()
             losses = imitation_update(self.net, self.optimizer, samples, episodes, epochs,
-                                      self.cfg.ppo.minibatch_rounds, rng, self.device, self.value_norm)
+                                      self.cfg.ppo.minibatch_rounds, rng, self.device, self.value_norm,
+                                      self.cfg.acting.pointer)
             self.net.eval()
             for loss in losses:
                 writer.add_scalar("imitation/nll", loss, step)
@@ -278,8 +295,9 @@ def _log_iteration(writer, steps: int, episodes: list[Episode], stats: dict, col
     writer.add_scalar("charts/SPS", overall_rate, steps)  # collection + update
     writer.add_scalar("charts/updates_per_s", 1.0 / max(update_s, 1e-9), steps)
     writer.add_scalar("charts/ent_coef", stats["ent_coef"], steps)
+    writer.add_scalar("charts/steps_per_decision", stats["steps_per_decision"], steps)
     for k, v in stats.items():
-        if k != "ent_coef":
+        if k not in ("ent_coef", "steps_per_decision"):
             writer.add_scalar(f"losses/{k}", v, steps)
 
 
