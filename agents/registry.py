@@ -27,6 +27,7 @@ POLICIES: dict[str, str | tuple[str, dict]] = {
     "sjf": "agents.heuristics.queue_order:SjfPolicy",
     "drf": "agents.heuristics.queue_order:DrfPolicy",
     "greedy": "agents.heuristics.greedy:GreedyPolicy",
+    "rollout": "agents.heuristics.rollout:RolloutPolicy",
     "tapfinger": "agents.learned.policy:LearnedPolicy",
     # ablations of the learned policy (DESIGN.md; issue "learned scheduler", item 7)
     "tapfinger-no-pointer": ("agents.learned.policy:LearnedPolicy", {"pointer": False}),

@@ -74,6 +74,21 @@ def tasks_in_system(engine: Engine) -> int:
     return int(((engine.status == WAITING) | (engine.status == RUNNING)).sum())
 
 
+def present_view(engine: Engine) -> Engine:
+    """What a central scheduler knows of the system now, as an engine a planner may play forward:
+    the tasks that have arrived (places, progress, free resources), each with the work it is known
+    by (its estimate: a hidden truth never leaves the engine), and no future arrival at all."""
+    return engine.fork(work=getattr(engine, "work_estimate", None))
+
+
+def decide(policy: Actor, run: "EpisodeRun") -> RoundActions:
+    """The policy's actions for this round. A planner that simulates ahead (it has
+    `observe_present`, e.g. `rollout`) first gets `present_view` of the episode's engine."""
+    if hasattr(policy, "observe_present"):
+        policy.observe_present(present_view(run.engine))
+    return policy.act(run.observe())
+
+
 class EpisodeRun:
     """One episode advanced a round at a time: `observe()`, then `play(actions)`, until `done`;
     `result()` gives its `EpisodeResult`. `run_episode` is this loop for one policy; drivers that
@@ -146,9 +161,8 @@ def run_episode(scenario: Scenario, policy: Actor, seed: int, engine: Engine | N
     if hasattr(policy, "reset"):
         policy.reset(seed)
     while not run.done:
-        obs = run.observe()
         t0 = time.perf_counter()
-        act = policy.act(obs)
+        act = decide(policy, run)
         run.decide_seconds += time.perf_counter() - t0
         info = run.play(act)
         if on_round is not None:
@@ -156,4 +170,5 @@ def run_episode(scenario: Scenario, policy: Actor, seed: int, engine: Engine | N
     return run.result()
 
 
-__all__ = ["Actor", "EpisodeResult", "EpisodeRun", "RoundCallback", "RoundInfo", "run_episode", "tasks_in_system"]
+__all__ = ["Actor", "EpisodeResult", "EpisodeRun", "RoundCallback", "RoundInfo", "decide", "present_view", "run_episode",
+           "tasks_in_system"]

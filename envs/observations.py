@@ -16,7 +16,7 @@ Keys (W = window size, M = max running tasks, Nn = max nodes per cluster, R = re
 | window_type | (W,) | task type index, -1 = empty |
 | window_wait | (W,) | slots since arrival |
 | window_visible | (W,) | how many clusters see the task |
-| window_work | (W,) | amount of work (1 = one task of its type as profiled) |
+| window_work | (W,) | estimated amount of work (1 = one task of its type as profiled); the truth differs under `[uncertainty]` |
 | window_deadline | (W,) | slots left to the deadline, -1 = none |
 | running_id, running_type, running_node | (M,) | -1 = empty; running_node is the local node index |
 | running_alloc | (M, R) | current allocation |
@@ -116,7 +116,8 @@ def build_observations(engine: Engine) -> dict[str, np.ndarray]:
         "window_type": np.where(occupied, wtype, -1),
         "window_wait": np.where(occupied, e.age[win], 0),
         "window_visible": np.where(occupied, e.vis_count[win], 0),
-        "window_work": np.where(occupied, e.work[win], 0.0).astype(np.float32),
+        # the estimate, never the true work (hidden speed factors stay hidden)
+        "window_work": np.where(occupied, e.work_estimate[win], 0.0).astype(np.float32),
         "window_deadline": np.where(occupied & (deadline >= 0), np.maximum(deadline - e.slot, 0), -1),
         "running_id": np.where(r_live, run, -1),
         "running_type": np.where(r_live, e.task_type[run], -1),

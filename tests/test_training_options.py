@@ -85,3 +85,28 @@ def test_input_baseline_needs_rollouts_that_divide_envs():
     jobs = t._jobs(8, 100)
     assert [j.seed for j in jobs] == [100] * 4 + [101] * 4 and len({j.sample_seed for j in jobs}) == 8
     assert np.all(np.diff([j.sample_seed for j in jobs]) != 0)
+
+
+def test_init_from_with_dagger_rounds_is_expert_iteration_the_learner_plays_every_labelled_state(tmp_path):
+    sc = small("synthetic-3", tasks=12)
+    path, _ = _shared_checkpoint(tmp_path / "start.pt", sc)
+    cfg = dataclasses.replace(tiny(tmp_path / "run", 0), init_from=str(path), imitate="rollout", dagger_rounds=1,
+                              imitation_episodes=2)
+    t = Trainer(cfg, sc, progress=False)
+    assert not t.imitation_done
+    jobs_seen = []
+    real_jobs = t._jobs
+
+    def spy(*args, **kwargs):
+        jobs = real_jobs(*args, **kwargs)
+        jobs_seen.extend(jobs)
+        return jobs
+
+    t._jobs = spy
+    lines = []
+    t.train(log=lines.append)
+    assert t.imitation_done and len(jobs_seen) == 2
+    assert all(job.teacher == "rollout" and job.learner_acts for job in jobs_seen)
+    assert any("DAgger round 1" in line for line in lines)
+    plain = Trainer(dataclasses.replace(cfg, run_dir=str(tmp_path / "plain"), dagger_rounds=0), sc, progress=False)
+    assert plain.imitation_done  # --init-from alone: the starting policy replaces the warm start

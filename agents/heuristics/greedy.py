@@ -159,23 +159,33 @@ class GreedyPolicy(Policy):
     def _best_plan(free: np.ndarray, options: list[Option], node_cap: np.ndarray, cluster_cap: np.ndarray,
                    node_ok: np.ndarray, pressure: float) -> tuple[int, int, Option] | None:
         """(start slot, node, option) minimising d + S + pressure·S·share over nodes and options,
-        each at its earliest start in the free-resource profile `free` [H, Nn, R]."""
+        each at its earliest start in the free-resource profile `free` [H, Nn, R]. All options of a
+        node are searched at once (one array per node), the same keys as one at a time."""
         H = free.shape[0]
+        if not options:
+            return None
+        allocs = np.array([o.alloc for o in options])  # [J, R]
+        S = np.array([o.slots for o in options])  # [J]
+        share = (allocs / cluster_cap).sum(axis=1)
+        d_grid = np.arange(H)[:, None]
         best, best_key = None, None
         for n in np.flatnonzero(node_ok):
-            for j, opt in enumerate(options):
-                S = opt.slots
-                if S >= H or np.any(opt.alloc > node_cap[n]):
-                    continue
-                fits = (free[:, n] >= opt.alloc).all(axis=1)
-                # earliest d with fits[d : d + S] all true, from the running count of misfits
-                misfit = np.concatenate([[0], np.cumsum(~fits)])
-                starts = np.flatnonzero(misfit[S:] == misfit[:-S])
-                if not starts.size:
-                    continue
-                d = int(starts[0])
-                share = float((opt.alloc / cluster_cap).sum())
-                key = (d + S + pressure * S * share, d, j, int(n))
-                if best_key is None or key < best_key:
-                    best, best_key = (d, int(n), opt), key
+            usable = (S < H) & (allocs <= node_cap[n]).all(axis=1)
+            if not usable.any():
+                continue
+            fits = (free[:, n, None, :] >= allocs[None]).all(axis=2)  # [H, J]
+            # earliest d with fits[d : d + S] all true, from the running count of misfits
+            misfit = np.concatenate([np.zeros((1, len(options)), dtype=np.int64), np.cumsum(~fits, axis=0)])
+            end = np.minimum(d_grid + S[None, :], H)
+            ok = (d_grid + S[None, :] <= H) & (np.take_along_axis(misfit, end, axis=0) == misfit[:H])
+            ok &= usable[None, :]
+            cand = np.flatnonzero(ok.any(axis=0))
+            if not cand.size:
+                continue
+            d = np.argmax(ok[:, cand], axis=0)
+            value = d + S[cand] + pressure * S[cand] * share[cand]  # the same float operations as one by one
+            first = np.lexsort((cand, d, value))[0]  # least value, then earliest start, then option order
+            key = (float(value[first]), int(d[first]), int(cand[first]), int(n))
+            if best_key is None or key < best_key:
+                best, best_key = (key[1], int(n), options[key[2]]), key
         return best

@@ -23,7 +23,7 @@ import torch
 
 from agents.learned.acting import ActingOptions, AgentDecision, RoundPlanner, RoundRecord, ScoreRequest, Step
 from agents.learned.model import TapFingerNet
-from envs.episode import EpisodeRun, RoundInfo
+from envs.episode import EpisodeRun, RoundInfo, decide
 from tapfinger.sim.scenario import Scenario
 
 
@@ -98,7 +98,7 @@ class _Env:
         """Start this round's planning; its first request, or None when the round needs no network."""
         obs = self.run.observe()
         if self.teacher is not None:
-            self.labels = self.teacher.act(obs)
+            self.labels = decide(self.teacher, self.run)  # a planning teacher (rollout) gets the present
             if not self.job.learner_acts:
                 self._play(self.labels, teacher_record(obs, self.labels, self.scenario))
                 return None

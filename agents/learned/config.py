@@ -61,7 +61,9 @@ class TrainConfig:
     total_steps: int = 100_000  # environment rounds of PPO (0 = only the imitation warm start)
     seed: int = 0  # seed of every random draw of the run
     imitate: str = "greedy"  # heuristic to imitate before PPO (warm start; '' to skip)
-    init_from: str = ""  # start from this checkpoint's weights instead (no imitation); same model options
+    # start from this checkpoint's weights instead of imitation; with --dagger-rounds: expert iteration
+    # (the starting policy plays, the --imitate teacher labels its states)
+    init_from: str = ""
     imitation_episodes: int = 0  # teacher episodes of the warm start (0 = 2 x --envs)
     imitation_epochs: int = 10  # epochs of behaviour cloning
     dagger_rounds: int = 0  # after cloning: rounds where the learner plays and the teacher labels its states

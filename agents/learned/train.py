@@ -121,7 +121,9 @@ class Trainer:
                                   if k in own and own[k].shape == v.shape}, strict=False)
         if self.net.critic_encoder is not None and src.critic_encoder is None:
             self.net.critic_encoder.load_state_dict(src.encoder.state_dict())
-        self.imitation_done = True  # the starting policy replaces the warm start
+        # The starting policy replaces the warm start; with --dagger-rounds it is the learner of an
+        # expert iteration instead: it plays, the --imitate teacher (e.g. rollout) labels its states.
+        self.imitation_done = not (self.cfg.imitate and self.cfg.dagger_rounds)
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> None:
@@ -244,12 +246,17 @@ class Trainer:
         states the learner visits, and the aggregated data is fitted again."""
         n = self.cfg.imitation_episodes or 2 * self.cfg.envs
         seed_base = 5_000_000 + self.cfg.seed * 1000
-        episodes = collector.run(self.net, self._jobs(n, seed_base, teacher=self.cfg.imitate))
+        # from --init-from: no teacher-played episodes, the learner visits every labelled state
+        expert_iteration = bool(self.cfg.init_from)
+        episodes = [] if expert_iteration else collector.run(self.net, self._jobs(n, seed_base,
+                                                                                   teacher=self.cfg.imitate))
+        first = int(expert_iteration)
         rng = np.random.default_rng([self.cfg.seed, 7])
         step = 0
-        for k in range(self.cfg.dagger_rounds + 1):
+        for k in range(first, self.cfg.dagger_rounds + 1):
             if k:
-                new = collector.run(self.net, self._jobs(max(1, n // 2), seed_base + 100_000 * k,
+                count = n if expert_iteration else max(1, n // 2)
+                new = collector.run(self.net, self._jobs(count, seed_base + 100_000 * k,
                                                          teacher=self.cfg.imitate, learner_acts=True))
                 avg_jct, unfinished = _episode_quality(new)
                 left = f" ({unfinished} tasks unfinished)" if unfinished else ""
@@ -257,9 +264,9 @@ class Trainer:
                 writer.add_scalar("imitation/learner_avg_jct", avg_jct, k)
                 episodes = episodes + new
             samples = build_samples(episodes, self.cfg.ppo.gamma, 1.0)  # values 0: Monte-Carlo returns
-            if k == 0:
+            if k == first:
                 self.value_norm.update(np.array([s.ret for s in samples]))
-            epochs = self.cfg.imitation_epochs if k == 0 else max(2, self.cfg.imitation_epochs // 3)
+            epochs = self.cfg.imitation_epochs if k == first else max(2, self.cfg.imitation_epochs // 3)
             self.net.train()
             losses = imitation_update(self.net, self.optimizer, samples, episodes, epochs,
                                       self.cfg.ppo.minibatch_rounds, rng, self.device, self.value_norm,

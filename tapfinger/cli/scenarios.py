@@ -21,8 +21,11 @@ def summary_line(name: str) -> str:
     arr = (f"poisson {sc.arrivals.rate:g}/slot, {sc.arrivals.tasks} tasks" if sc.arrivals.process == "poisson"
            else f"trace {sc.arrivals.trace}")
     types = ",".join(t.name for t in sc.task_types)
-    return (f"{name:<14} {sc.num_clusters} clusters, {nodes} nodes, {'/'.join(sc.resources)}; {arr}; "
-            f"types {types} — {sc.description}")
+    u = sc.uncertainty
+    hidden = (f"; uncertain: speed sigma {u.speed_sigma:g}, work sigma {u.work_sigma:g}"
+              + "".join(f", {t} speed x{b:g}" for t, b in u.speed_bias)) if u.active else ""
+    return (f"{name:<18} {sc.num_clusters} clusters, {nodes} nodes, {'/'.join(sc.resources)}; {arr}; "
+            f"types {types}{hidden} — {sc.description}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,7 +60,8 @@ class Engine:
         self.empty = T  # sentinel row
         self.task_type = np.append(wl.task_type, 0)
         self.arrival = np.append(wl.arrival_slot, -1)
-        self.work = np.append(wl.work, 1.0)
+        self.work = np.append(wl.work, 1.0)  # the true work: progress runs on it
+        self.work_estimate = np.append(wl.known_work, 1.0)  # what observations show
         self.deadline = np.append(wl.deadline, -1)
         self.visible = np.vstack([wl.visible, np.zeros((1, self.N), dtype=bool)])
         self.vis_count = self.visible.sum(axis=1)
@@ -296,6 +297,48 @@ class Engine:
                     self.window[c, free[k]] = t
                     k += 1
 
+    # ------------------------------------------------------------------ forks
+    # Per-task arrays, each with the sentinel row last: what `fork` carries over for arrived tasks.
+    _TASK_ARRAYS = ("task_type", "arrival", "work", "work_estimate", "deadline", "visible", "vis_count", "status", "age", "start",
+                    "finish", "cluster", "node", "alloc", "prev_alloc", "first_alloc", "progress", "switches")
+
+    def fork(self, future: Workload | None = None, work: np.ndarray | None = None) -> "Engine":
+        """A copy of this episode's present with another future: the tasks that have arrived (in every
+        state, with their progress, places and the free resources), followed by `future`'s tasks (their
+        arrival slots must lie after the current slot), or by none. `work` replaces the arrived tasks'
+        work (a planner's belief: the estimates, not the truth). The copy shares nothing mutable with
+        this engine, so a planner may play it forward freely; its metrics count the arrived tasks too."""
+        A = self.next_arrival
+        fut = future if future is not None else _no_tasks(self.N)
+        if fut.num_tasks and int(fut.arrival_slot.min()) <= self.slot:
+            raise ValueError(f"a fork's future tasks must arrive after slot {self.slot}")
+        eng = Engine.__new__(Engine)
+        eng.__dict__.update({k: v for k, v in self.__dict__.items() if not isinstance(v, np.ndarray)})
+        eng.T = T = A + fut.num_tasks
+        eng.empty = T
+        head = np.r_[np.arange(A), self.empty]  # the arrived tasks, then the sentinel row
+        for name in self._TASK_ARRAYS:
+            old = getattr(self, name)[head]
+            extra = np.zeros((fut.num_tasks, *old.shape[1:]), dtype=old.dtype)
+            setattr(eng, name, np.concatenate([old[:A], extra, old[A:]]))
+        eng.task_type[A:T], eng.arrival[A:T] = fut.task_type, fut.arrival_slot
+        eng.work[A:T], eng.work_estimate[A:T] = fut.work, fut.known_work
+        eng.deadline[A:T], eng.visible[A:T] = fut.deadline, fut.visible
+        eng.vis_count = eng.visible.sum(axis=1)
+        eng.start[A:T] = eng.finish[A:T] = eng.cluster[A:T] = eng.node[A:T] = -1
+        if work is not None:
+            eng.work[:A] = work[:A]
+        eng.workload = Workload(arrival_slot=eng.arrival[:T].copy(), task_type=eng.task_type[:T].copy(),
+                                visible=eng.visible[:T].copy(), work=eng.work[:T].copy(),
+                                deadline=eng.deadline[:T].copy(), work_estimate=eng.work_estimate[:T].copy())
+        eng.window = np.where(self.window == self.empty, T, self.window)
+        eng.running = np.where(self.running == self.empty, T, self.running)
+        eng.queues = [deque(q) for q in self.queues]
+        for name in ("node_free", "num_running", "num_waiting", "invalid_actions", "conflicts", "last_rewards"):
+            setattr(eng, name, getattr(self, name).copy())
+        eng.done = eng.next_arrival >= T and eng.finished_count == T
+        return eng
+
     # ------------------------------------------------------------------ records
     def task_records(self) -> dict[str, np.ndarray]:
         """One row per task: arrival, start, finish, cluster, node, allocation, JCT."""
@@ -314,3 +357,9 @@ class Engine:
             "switches": self.switches[:T].copy(),
             "deadline": self.deadline[:T].copy(),
         }
+
+
+def _no_tasks(num_clusters: int) -> Workload:
+    return Workload(arrival_slot=np.zeros(0, dtype=np.int64), task_type=np.zeros(0, dtype=np.int64),
+                    visible=np.zeros((0, num_clusters), dtype=bool), work=np.zeros(0),
+                    deadline=np.zeros(0, dtype=np.int64))

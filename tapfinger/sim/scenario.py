@@ -31,6 +31,9 @@ SHARED_DATA_ENV = "TAPFINGER_SHARED_DATA"
 MAX_TASKS = 1_000_000  # tasks per episode
 MAX_RATE = 1_000_000.0  # mean new tasks per slot
 MAX_SLOTS = 10_000_000  # `max_slots` (1.6 years of 5-second slots)
+# `[uncertainty]` sigmas: a log-normal sigma of 3 already spreads a task's speed over a factor of
+# e^6 (about 400) either way within two standard deviations; beyond it the model says nothing.
+MAX_SIGMA = 3.0
 
 
 class ScenarioError(ValueError):
@@ -70,6 +73,29 @@ class Arrivals:
 
 
 @dataclass(frozen=True)
+class Uncertainty:
+    """How far each task's truth deviates from what a scheduler sees (`[uncertainty]`).
+
+    Per task, drawn from a stream of its own (`tapfinger.sim.workload.with_hidden_truth`): a hidden
+    speed factor s = bias[type] * LogNormal(-speed_sigma^2 / 2, speed_sigma) (mean `bias`; a task
+    with s = 2 runs twice as fast as its type's profile), and an estimate error e =
+    LogNormal(-work_sigma^2 / 2, work_sigma) (mean one). The engine runs a task as `work / s` of
+    profiled work; schedulers see `work * e`. The default is no uncertainty at all."""
+
+    speed_sigma: float = 0.0
+    work_sigma: float = 0.0
+    speed_bias: tuple[tuple[str, float], ...] = ()  # (task type name, factor); unlisted types: 1
+
+    def bias_of(self, task_type: str) -> float:
+        return dict(self.speed_bias).get(task_type, 1.0)
+
+    @property
+    def active(self) -> bool:
+        """Whether any task's truth can differ from what schedulers see."""
+        return self.speed_sigma > 0 or self.work_sigma > 0 or any(b != 1.0 for _, b in self.speed_bias)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     resources: tuple[str, ...]
@@ -86,6 +112,10 @@ class Scenario:
     profile: str = ""  # path of a profile CSV (resolved), needed by `profile` progress models
     startup_seconds: float = 14.0
     max_slots: int = 100_000
+    # Hidden per-task truth. Not in the fingerprint: like the arrivals it changes which tasks a
+    # policy meets, not the observations, profile or rules it was built for, so a policy trained
+    # on hetero-6 can be measured on hetero-6-uncertain.
+    uncertainty: Uncertainty = field(default_factory=Uncertainty)
     source: str = field(default="<built-in>", compare=False)
 
     @property
@@ -203,7 +233,8 @@ def scenario_fingerprint(scenario: Scenario) -> str:
     """What a trained policy depends on: resources, clusters and nodes, task types (name, minimum,
     progress model, and the profile table's content for profile models), grid and window,
     visibility, switch weight, preemption, and the slot and start-up seconds (which shape the
-    progress tables). Not the arrivals (a policy serves any episode length or rate), nor names
+    progress tables). Not the arrivals (a policy serves any episode length or rate), nor the
+    `[uncertainty]` (hidden per-task truth: it changes the tasks, as arrivals do), nor names
     and descriptions of the scenario or its clusters, nor `max_slots`. The hash of the tuple of
     `fingerprint_parts` (the value the shipped checkpoints store)."""
     return hashlib.sha256(repr(tuple(fingerprint_parts(scenario).values())).encode()).hexdigest()[:16]

@@ -1,7 +1,7 @@
 """Reading a scenario's TOML tables into a `Scenario`, with errors that name file, key and fix.
 
 `parse_scenario` reads one table at a time (the top-level keys, `[[clusters]]`, `[[task_types]]`
-with their `progress`, `[arrivals]`, `profile`), each in its own function. The order is fixed
+with their `progress`, `[arrivals]`, `profile`, `[uncertainty]`), each in its own function. The order is fixed
 (and was the order of the single function this replaced): a file with several mistakes always
 reports the same one first. docs/scenario-format.md documents every key.
 """
@@ -12,13 +12,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tapfinger.sim.scenario import (ARRIVAL_PROCESSES, MAX_RATE, MAX_SLOTS, MAX_TASKS, PROGRESS_MODELS, SPEED_RESOURCES,
-                                    VISIBILITY_MODES, Arrivals, Cluster, ProgressSpec, Scenario, ScenarioError, TaskType,
-                                    resolve_data_path)
+from tapfinger.sim.scenario import (ARRIVAL_PROCESSES, MAX_RATE, MAX_SIGMA, MAX_SLOTS, MAX_TASKS, PROGRESS_MODELS,
+                                    SPEED_RESOURCES, VISIBILITY_MODES, Arrivals, Cluster, ProgressSpec, Scenario,
+                                    ScenarioError, TaskType, Uncertainty, resolve_data_path)
 
 TOP_LEVEL_KEYS = {"name", "description", "resources", "clusters", "task_types", "arrivals", "grid_max",
                   "visibility", "window_size", "slot_seconds", "switch_weight", "allow_preemption",
-                  "profile", "startup_seconds", "max_slots"}
+                  "profile", "startup_seconds", "max_slots", "uncertainty"}
 
 
 class _Reader:
@@ -114,9 +114,11 @@ def parse_scenario(data: dict, source: str, base_dir: Path | None = None,
     task_types = _task_types(rd, data, resources, grid_max)
     arrivals = _arrivals(rd, data, base_dir, resolve_files)
     profile = _profile(rd, data, task_types, base_dir, resolve_files)
+    settings = _settings(rd, data)
+    uncertainty = _uncertainty(rd, data, task_types)
     scen = Scenario(name=name, resources=resources, clusters=clusters, task_types=task_types,
                     arrivals=arrivals, grid_max=grid_max, profile=profile, source=source,
-                    **_settings(rd, data))
+                    uncertainty=uncertainty, **settings)
     _check_startable(scen, rd)
     _check_arrival_span(scen, rd)
     return scen
@@ -247,6 +249,28 @@ def _settings(rd: _Reader, data: dict) -> dict[str, Any]:
         "max_slots": rd.integer(data, "max_slots", "", default=100_000, low=1, high=MAX_SLOTS,
                                 why=" (the limit on an episode's length)"),
     }
+
+
+def _uncertainty(rd: _Reader, data: dict, task_types: tuple[TaskType, ...]) -> Uncertainty:
+    """`[uncertainty]` (optional): the sigmas of the hidden speed factor and of the work estimate's
+    error, and a systematic speed factor per task type. Absent = no uncertainty."""
+    table = rd.get(data, "uncertainty", "", dict, default=None, fix="write [uncertainty] as a table")
+    if table is None:
+        return Uncertainty()
+    rd.unknown_keys(table, "uncertainty", {"speed_sigma", "work_sigma", "speed_bias"})
+    sigmas = {key: float(rd.number(table, key, "uncertainty", 0.0, low=0.0, high=MAX_SIGMA))
+              for key in ("speed_sigma", "work_sigma")}
+    names = [t.name for t in task_types]
+    bias = rd.get(table, "speed_bias", "uncertainty", dict, default={},
+                  fix="write `speed_bias = {TYPE = factor}`, e.g. {" + f"{names[0]} = 0.8" + "}")
+    unknown = sorted(set(bias) - set(names))
+    if unknown:
+        raise rd.fail("uncertainty.speed_bias", f"unknown task type(s) {unknown}",
+                      f"use only the scenario's task types {names}")
+    # In task-type order, whatever the file's order, so that equal tables give equal scenarios.
+    factors = tuple((n, float(rd.number(bias, n, "uncertainty.speed_bias", low=0.0, strict_low=True)))
+                    for n in names if n in bias)
+    return Uncertainty(sigmas["speed_sigma"], sigmas["work_sigma"], factors)
 
 
 def _check_startable(scen: Scenario, rd: _Reader) -> None:

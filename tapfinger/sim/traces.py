@@ -301,7 +301,8 @@ def write_trace(path: str | Path, trace: Trace, comments: Sequence[str] | None =
 
 
 def trace_from_workload(workload: Workload, scenario: Scenario) -> Trace:
-    """The trace of a workload (its visibility is not part of a trace)."""
+    """The trace of a workload: its true work, as a recorded trace holds what ran (its
+    visibility and its work estimates are not part of a trace)."""
     names = [t.name for t in scenario.task_types]
     s = scenario.slot_seconds
     deadline = np.where(workload.deadline >= 0, workload.deadline * s, np.nan)

@@ -1,16 +1,23 @@
 """Arrival streams: which tasks arrive when, of which type, seen by which clusters.
 
 The whole stream of an episode is drawn up front from its own generator, so it depends on
-the seed alone and never on the scheduler's actions (common random numbers).
+the seed alone and never on the scheduler's actions (common random numbers). A scenario's
+`[uncertainty]` (each task's hidden speed factor and its work estimate's error) is drawn after
+the arrivals from a second generator of its own, so that a scenario and its uncertain variant
+have the same arrivals, types and visibility for every seed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tapfinger.sim.scenario import MAX_RATE, MAX_SLOTS, MAX_TASKS, Scenario, ScenarioError
+from tapfinger.sim.scenario import MAX_RATE, MAX_SIGMA, MAX_SLOTS, MAX_TASKS, Scenario, ScenarioError
+
+# Entropy words of the two generators of an episode (with its seed): arrivals, then hidden truth.
+ARRIVAL_STREAM = 0x7A9F
+HIDDEN_TRUTH_STREAM = 0x5EC2E7
 
 
 @dataclass(frozen=True)
@@ -18,8 +25,25 @@ class Workload:
     arrival_slot: np.ndarray  # [T] int, non-decreasing
     task_type: np.ndarray  # [T] int
     visible: np.ndarray  # [T, N] bool
-    work: np.ndarray  # [T] float, amount of work relative to the task type (1 = as profiled)
+    # [T] float, the TRUE amount of work relative to the task type (1 = as profiled): what the
+    # engine runs, and what offline bounds and the exact optimum plan with.
+    work: np.ndarray
     deadline: np.ndarray  # [T] int, absolute slot by which the task should finish, -1 = none
+    # [T] float, the work a scheduler is told (observations' `window_work`), drawn by
+    # `with_hidden_truth`; None = told exactly `work` (no uncertainty). None rather than a copy, so
+    # that a workload built or changed in code (`dataclasses.replace(wl, work=...)`) stays known
+    # exactly unless an estimate is given: `known_work` is what readers use.
+    work_estimate: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.work_estimate is not None and np.shape(self.work_estimate) != np.shape(self.work):
+            raise ValueError(f"work_estimate has shape {np.shape(self.work_estimate)} but work has "
+                             f"{np.shape(self.work)}. Fix: give one estimate per task, or none (= work)")
+
+    @property
+    def known_work(self) -> np.ndarray:
+        """[T] float, the work schedulers are told: the estimate, or the work itself without one."""
+        return np.asarray(self.work if self.work_estimate is None else self.work_estimate, dtype=np.float64)
 
     @property
     def num_tasks(self) -> int:
@@ -80,10 +104,59 @@ def _check_poisson(scenario: Scenario) -> None:
 
 
 def make_workload(scenario: Scenario, seed: int) -> Workload:
-    """The arrival stream of an episode: a function of the scenario and the seed only."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A9F]))
+    """The workload of an episode: a function of the scenario and the seed only."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, ARRIVAL_STREAM]))
     if scenario.arrivals.process == "poisson":
-        return poisson_workload(scenario, rng)
-    from tapfinger.sim.traces import trace_workload  # only trace scenarios need the reader
+        wl = poisson_workload(scenario, rng)
+    else:
+        from tapfinger.sim.traces import trace_workload  # only trace scenarios need the reader
 
-    return trace_workload(scenario, rng)
+        wl = trace_workload(scenario, rng)
+    return with_hidden_truth(wl, scenario, seed)
+
+
+def hidden_factors(scenario: Scenario, task_type: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per task, (s, e): the hidden speed factor and the estimate's error (`Uncertainty`).
+
+    Drawn from their own generator, one (speed, estimate) pair of normals per task in task
+    order, so that task i's factors depend on the seed and i only (not on the number of tasks,
+    nor on the arrivals). Both are mean-one log-normals, LogNormal(-sigma^2 / 2, sigma), and s
+    is scaled by its type's bias; a sigma of 0 gives a factor of exactly 1."""
+    u = scenario.uncertainty
+    _check_uncertainty(scenario)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, HIDDEN_TRUTH_STREAM]))
+    z = rng.standard_normal((len(task_type), 2))
+    bias = np.array([u.bias_of(t.name) for t in scenario.task_types])[task_type]
+    speed = bias * np.exp(u.speed_sigma * z[:, 0] - u.speed_sigma ** 2 / 2)
+    error = np.exp(u.work_sigma * z[:, 1] - u.work_sigma ** 2 / 2)
+    return speed, error
+
+
+def with_hidden_truth(wl: Workload, scenario: Scenario, seed: int) -> Workload:
+    """`wl` (work as recorded: 1, or a trace's `work`) with the scenario's uncertainty applied:
+    the engine runs `work / s`, schedulers are told `work * e`. The error multiplies the
+    estimate, not the truth: the task's size is the recorded work (a trace records what actually
+    ran; a user's estimate of it is what is noisy) and E[estimate | size] = size, so the estimate
+    is unbiased, and with bias 1 so is the profiled speed (E[s] = 1). Unchanged (the same
+    object) without uncertainty."""
+    _check_uncertainty(scenario)  # first: a NaN or negative sigma would read as "inactive"
+    if not scenario.uncertainty.active:
+        return wl
+    speed, error = hidden_factors(scenario, wl.task_type, seed)
+    work = np.asarray(wl.work, dtype=np.float64)
+    return replace(wl, work=work / speed, work_estimate=work * error)
+
+
+def _check_uncertainty(scenario: Scenario) -> None:
+    """The bounds a TOML file is held to (tapfinger/sim/scenario_toml.py), for scenarios built in
+    code: a NaN sigma or an unknown type's bias would otherwise pass silently."""
+    u = scenario.uncertainty
+    names = {t.name for t in scenario.task_types}
+    for key, sigma in (("speed_sigma", u.speed_sigma), ("work_sigma", u.work_sigma)):
+        if not 0.0 <= sigma <= MAX_SIGMA:  # NaN fails too
+            raise ScenarioError(f"scenario {scenario.source}: uncertainty.{key} = {sigma}. Fix: use a "
+                                f"finite value in [0, {MAX_SIGMA:g}]")
+    for name, factor in u.speed_bias:
+        if name not in names or not (0.0 < factor < np.inf):
+            raise ScenarioError(f"scenario {scenario.source}: uncertainty.speed_bias {name} = {factor}. Fix: "
+                                f"use task types of the scenario ({', '.join(sorted(names))}) and finite factors > 0")
