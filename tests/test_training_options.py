@@ -110,3 +110,24 @@ def test_init_from_with_dagger_rounds_is_expert_iteration_the_learner_plays_ever
     assert any("DAgger round 1" in line for line in lines)
     plain = Trainer(dataclasses.replace(cfg, run_dir=str(tmp_path / "plain"), dagger_rounds=0), sc, progress=False)
     assert plain.imitation_done  # --init-from alone: the starting policy replaces the warm start
+
+
+def test_rates_give_each_arrival_seed_its_load_and_episodes_play_at_it(tmp_path):
+    from agents.learned.collect import EpisodeJob, play_episode
+    from tapfinger.sim.workload import make_workload
+
+    sc = small("synthetic-3", tasks=12)
+    cfg = dataclasses.replace(tiny(tmp_path / "run", 0), rates=(1.0, 5.0), ppo=PPOConfig(rollouts_per_seed=2,
+                                                                                         baseline="input"))
+    t = Trainer(cfg, sc, progress=False)
+    jobs = t._jobs(4, 100)
+    assert [j.rate for j in jobs] == [1.0, 1.0, 5.0, 5.0] and jobs[0].seed == jobs[1].seed != jobs[2].seed
+    fast = jobs[2].scenario_of(sc)
+    assert fast.arrivals.rate == 5.0 and fast.arrivals.tasks == sc.arrivals.tasks
+    ep = play_episode(sc, t.net, cfg.acting, jobs[2])
+    expected_slots = make_workload(fast, jobs[2].seed).arrival_slot
+    assert ep.num_rounds >= expected_slots.max()  # the episode lasted past its last (rate-5) arrival
+    assert make_workload(sc, jobs[2].seed).arrival_slot.max() > expected_slots.max()  # rate 2 spreads them out
+    with pytest.raises(ValueError, match="rates"):
+        dataclasses.replace(cfg, rates=(0.0,)).validate()
+    assert EpisodeJob(0).scenario_of(sc) is sc

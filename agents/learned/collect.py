@@ -16,7 +16,7 @@ several clusters several times, which is the paper's signal but not the metric.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -56,6 +56,16 @@ class EpisodeJob:
     teacher: str = ""
     learner_acts: bool = False
     deterministic: bool = False
+    rate: float = 0.0  # arrivals per slot of this episode (0 = the scenario's; a training load distribution)
+
+    def scenario_of(self, scenario: Scenario) -> Scenario:
+        """The scenario this episode plays: `scenario` at the job's arrival rate, if it sets one."""
+        if not self.rate or scenario.arrivals.rate == self.rate:
+            return scenario
+        if scenario.arrivals.process != "poisson":
+            raise ValueError(f"a training load ({self.rate:g} per slot) needs a Poisson scenario; "
+                             f"{scenario.name} replays a trace. Fix: drop --rates")
+        return scenario.with_overrides(arrivals=replace(scenario.arrivals, rate=float(self.rate)))
 
 
 def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario) -> RoundRecord:
@@ -78,6 +88,7 @@ class _Env:
     """One episode of the lockstep: its run, planner, sampling generator and what it recorded."""
 
     def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward_scale: float):
+        scenario = job.scenario_of(scenario)
         self.scenario, self.job, self.reward_scale = scenario, job, reward_scale
         self.run = EpisodeRun(scenario, job.seed, name=job.teacher or "tapfinger")
         self.planner = RoundPlanner(scenario, acting, record_arrays=False)

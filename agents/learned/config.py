@@ -73,6 +73,9 @@ class TrainConfig:
     eval_heuristic: str = "greedy"  # heuristic the periodic evaluation compares with
     checkpoint_every: int = 1  # iterations between checkpoint writes
     max_minutes: float = 0.0  # stop (and save) after the first iteration past this wall time (0 = no limit)
+    # a distribution of loads: arrival seed j of an iteration plays at rates[j % len] (Poisson scenarios;
+    # empty = the scenario's own rate), so one policy learns several loads instead of one
+    rates: tuple[float, ...] = ()
     model: ModelOptions = field(default_factory=ModelOptions)
     acting: ActingOptions = field(default_factory=ActingOptions)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -113,6 +116,7 @@ class TrainConfig:
             (self, "workers", self.workers >= 0, "at least 0 (0 = automatic)"),
             (self, "total_steps", self.total_steps >= 0, "at least 0 (0 = imitation only)"),
             (self, "seed", self.seed >= 0, "at least 0"),
+            (self, "rates", all(0 < r <= 1_000_000 for r in self.rates), "positive arrival rates, e.g. --rates 4 6 9"),
             (self, "imitation_episodes", self.imitation_episodes >= 0, "at least 0 (0 = 2 x --envs)"),
             (self, "imitation_epochs", self.imitation_epochs >= 1, "at least 1"),
             (self, "dagger_rounds", self.dagger_rounds >= 0, "at least 0"),

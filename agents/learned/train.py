@@ -80,6 +80,8 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ValueError(f"--run-dir {self.run_dir} is a file, not a folder. Fix: pass a new or existing folder.")
+        if cfg.rates and scenario.arrivals.process != "poisson":
+            raise ValueError(f"--rates needs a Poisson scenario; {scenario.name} replays a trace. Fix: drop --rates")
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda asked for, but torch sees no CUDA device. Fix: use --device cpu, or "
@@ -157,10 +159,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _jobs(self, n: int, seed_base: int, teacher: str = "", learner_acts: bool = False) -> list[EpisodeJob]:
-        """`n` episodes; with --rollouts-per-seed K, K consecutive episodes share an arrival seed."""
+        """`n` episodes; with --rollouts-per-seed K, K consecutive episodes share an arrival seed (and
+        its load, with --rates)."""
         k = self.cfg.ppo.rollouts_per_seed if not teacher else 1
+        rates = self.cfg.rates or (0.0,)
         return [EpisodeJob(seed_base + e // k, (self.cfg.seed * 1_000_003 + seed_base + e) % (2**31), teacher,
-                           learner_acts) for e in range(n)]
+                           learner_acts, rate=float(rates[(e // k) % len(rates)])) for e in range(n)]
 
     def train(self, log=print) -> dict:
         from torch.utils.tensorboard import SummaryWriter
