@@ -68,6 +68,24 @@ def load_or_skip(name: str) -> Scenario:
 
 # ----------------------------------------------------------------------------- scenarios
 
+# The smallest valid scenario file: one 8x8 cluster, one task type (tests append or replace lines).
+TINY_SCENARIO = """
+name = "tiny"
+resources = ["cpu", "gpu"]
+grid_max = {cpu = 8, gpu = 8}
+[arrivals]
+process = "poisson"
+rate = 1.0
+tasks = 10
+[[clusters]]
+name = "a"
+nodes = [{cpu = 8, gpu = 8}]
+[[task_types]]
+name = "IMG"
+minimum = {cpu = 2, gpu = 1}
+progress = {model = "synthetic", base = 0.25}
+"""
+
 
 def small(name: str, tasks: int = 30, **changes) -> Scenario:
     sc = load_or_skip(name)
@@ -120,3 +138,24 @@ def random_feasible_env_action(obs: dict, rng: np.random.Generator) -> dict:
         return {"task": 0, "node": 0, "alloc": np.zeros(obs["alloc_low"].shape[1], dtype=np.int64)}
     place, node, alloc = start
     return {"task": place + 1, "node": node, "alloc": alloc}
+
+
+class ServiceCheck:
+    """A Tiresias policy wrapped so that, after it saw each round and before the round is played,
+    its attained service of every running task must equal `truth()[task]` (what the engine gave)."""
+
+    def __init__(self, policy, truth):
+        self.policy, self.truth, self.checked = policy, truth, 0
+
+    def reset(self, seed: int) -> None:
+        self.policy.reset(seed)
+
+    def act(self, obs):
+        out = self.policy.act(obs)
+        ids, given = obs["running_id"], self.truth()
+        for i in range(ids.shape[0]):
+            live = ids[i][ids[i] >= 0]
+            assert self.policy.service.of(i, live).tolist() == given[live].tolist()
+            self.checked += int((given[live] > 0).sum())
+        return out
+

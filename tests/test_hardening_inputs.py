@@ -17,23 +17,9 @@ from tapfinger.testbed.errors import ProfilerError
 from tapfinger.testbed.philly import read_philly
 from tapfinger.testbed.profile_files import CSV_COLUMNS, existing_rows
 from tapfinger.testbed.profiler import ProfileRequest, run_profile
+from tests.helpers import TINY_SCENARIO
 
-SCENARIO = """
-name = "tiny"
-resources = ["cpu", "gpu"]
-grid_max = {cpu = 8, gpu = 8}
-[arrivals]
-process = "poisson"
-rate = 1.0
-tasks = 10
-[[clusters]]
-name = "a"
-nodes = [{cpu = 8, gpu = 8}]
-[[task_types]]
-name = "IMG"
-minimum = {cpu = 2, gpu = 1}
-progress = {model = "synthetic", base = 0.25}
-"""
+SCENARIO = TINY_SCENARIO
 
 TRACE_SCENARIO = """
 name = "replay"

@@ -24,7 +24,7 @@ from tapfinger.cli.main import SIGTERM_EXIT, sigterm_as_interrupt
 from tapfinger.sim.engine import Engine
 from tapfinger.sim.scenario import builtin_text, parse_scenario
 from tapfinger.sim.workload import Workload
-from tests.helpers import small
+from tests.helpers import ServiceCheck, small
 
 # the Ctrl-C test's helpers
 from tests.test_hardening_evaluate import _alive, _children, _records
@@ -94,24 +94,9 @@ def test_tiresias_counts_the_cpu_slots_the_engine_gives_on_nodes_without_gpus() 
     scen = small("local-testbed", 20)
     pol = make_policy("tiresias", scen)
     eng = CpuCountingEngine(scen, strict=True)
-    checked = 0
-
-    class Checked:  # compares after the policy saw the round, before the round is played
-        def reset(self, seed: int) -> None:
-            pol.reset(seed)
-
-        def act(self, obs):
-            nonlocal checked
-            out = pol.act(obs)
-            ids = obs["running_id"]
-            for i in range(ids.shape[0]):
-                live = ids[i][ids[i] >= 0]
-                assert pol.service.of(i, live).tolist() == eng.cpu_slots[live].tolist()
-                checked += int((eng.cpu_slots[live] > 0).sum())
-            return out
-
-    run_episode(scen, Checked(), seed=3, engine=eng)
-    assert checked > 0
+    check = ServiceCheck(pol, lambda: eng.cpu_slots)
+    run_episode(scen, check, seed=3, engine=eng)
+    assert check.checked > 0
 
 
 def test_tiresias_serves_tasks_on_both_kinds_of_node_in_one_cluster() -> None:

@@ -19,7 +19,7 @@ from tapfinger.sim.tables import static_tables
 from envs.episode import run_episode
 from tapfinger.sim.scenario import Scenario, load_scenario, parse_scenario
 from tapfinger.sim.workload import Workload
-from tests.helpers import scenario_params
+from tests.helpers import ServiceCheck, scenario_params
 
 PAPER = ["optimus", "tiresias", "optimus-np", "tiresias-np"]
 
@@ -159,25 +159,10 @@ def test_tiresias_counts_the_gpu_slots_the_engine_gives(policy: str, scenario: s
     scen = small(scenario, 40)
     pol = make_policy(policy, scen)
     eng = CountingEngine(scen, strict=True)
-    checked = 0
-
-    class Checked:  # compares after the policy saw the round, before the round is played
-        def reset(self, seed: int) -> None:
-            pol.reset(seed)
-
-        def act(self, obs):
-            nonlocal checked
-            out = pol.act(obs)
-            ids = obs["running_id"]
-            for i in range(ids.shape[0]):
-                live = ids[i][ids[i] >= 0]
-                assert pol.service.of(i, live).tolist() == eng.gpu_slots[live].tolist()
-                checked += int((eng.gpu_slots[live] > 0).sum())
-            return out
-
+    check = ServiceCheck(pol, lambda: eng.gpu_slots)
     for seed in (3, 4):
-        run_episode(scen, Checked(), seed=seed, engine=eng)
-    assert checked > 0
+        run_episode(scen, check, seed=seed, engine=eng)
+    assert check.checked > 0
 
 
 def test_admission_skips_a_task_a_lower_agent_chose() -> None:

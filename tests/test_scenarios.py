@@ -9,24 +9,9 @@ import pytest
 from tapfinger.cli.main import main
 from tapfinger.sim.progress import ProfileError, read_profile
 from tapfinger.sim.scenario import ScenarioError, builtin_names, load_scenario
-from tests.helpers import needs_shared_data, require_shared_data, scenario_params
+from tests.helpers import TINY_SCENARIO, needs_shared_data, require_shared_data, scenario_params
 
-GOOD = """
-name = "tiny"
-resources = ["cpu", "gpu"]
-grid_max = {cpu = 8, gpu = 8}
-[arrivals]
-process = "poisson"
-rate = 1.0
-tasks = 10
-[[clusters]]
-name = "a"
-nodes = [{cpu = 8, gpu = 8}]
-[[task_types]]
-name = "IMG"
-minimum = {cpu = 2, gpu = 1}
-progress = {model = "synthetic", base = 0.25}
-"""
+GOOD = TINY_SCENARIO
 
 
 def write(tmp_path, text):

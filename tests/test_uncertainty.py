@@ -21,24 +21,9 @@ from tapfinger.sim.engine import Engine
 from tapfinger.sim.progress import slots_to_finish
 from tapfinger.sim.scenario import ScenarioError, Uncertainty, load_scenario
 from tapfinger.sim.workload import Workload, hidden_factors, make_workload, with_hidden_truth
-from tests.helpers import load_or_skip, needs_shared_data, scenario_params
+from tests.helpers import TINY_SCENARIO, load_or_skip, needs_shared_data, scenario_params
 
-GOOD = """
-name = "tiny"
-resources = ["cpu", "gpu"]
-grid_max = {cpu = 8, gpu = 8}
-[arrivals]
-process = "poisson"
-rate = 1.0
-tasks = 10
-[[clusters]]
-name = "a"
-nodes = [{cpu = 8, gpu = 8}]
-[[task_types]]
-name = "IMG"
-minimum = {cpu = 2, gpu = 1}
-progress = {model = "synthetic", base = 0.25}
-[[task_types]]
+GOOD = TINY_SCENARIO + """[[task_types]]
 name = "LM"
 minimum = {cpu = 2, gpu = 1}
 progress = {model = "synthetic", gpu_scale = 16.0}
