@@ -2,8 +2,9 @@
 runtime (`agents.exported`, numpy + onnxruntime) agree on. Torch-free.
 
 - the file format and where its metadata is stored (`FORMAT`, `METADATA_KEY`, `PT2_EXTRA_FILE`);
-- the program's inputs and outputs, in positional order (`INPUT_NAMES`, `OUTPUT_NAMES`), and how
-  they are built from the batched observations (`round_feeds`, `graph_feeds`, `decision_feeds`);
+- the program's inputs and outputs, in positional order (`INPUT_NAMES`, `OUTPUT_NAMES`; a
+  network with greedy hints takes `HINT_INPUTS` too: `input_names`), and how they are built from
+  the batched observations (`round_feeds`, `graph_feeds`, `decision_feeds`);
 - the metadata check a file must pass to serve a scenario (`expected_layout`, `check_metadata`).
 See docs/export.md.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.learned.acting import HINT_KEYS
 from envs.graph import feature_layout, feature_scales, graph_arrays
 from tapfinger import __version__
 from tapfinger.sim.scenario import (FINGERPRINT_COVERS, Scenario, ScenarioError, builtin_names, fingerprint_parts,
@@ -49,8 +51,26 @@ OUTPUT_NAMES: tuple[str, ...] = (
     "task_logits",  # [S, W+1] float32, masked entries = -1e9
     "task_prob",  # [S] float32: probability of the chosen task choice (Bayes conflict posterior)
 )
+# After those, a program of a network with greedy hints (`ModelConfig.greedy_hint`) takes greedy's
+# proposal for every cluster, which the runtime's round loop computes with the eager policy's own
+# `GreedyPolicy` (`agents.learned.acting.RoundPlanner.hints`); the program adds them to its logits.
+# They are: hint_task [N, W+1] float32, the one-hot of greedy's task choice (0 = do nothing);
+# hint_node [N] int64, the local node of greedy's start (-1 = none); hint_alloc [N, R] int64, its
+# amounts (-1 = none). Their names and layout are the round arrays' (`acting.HINT_KEYS`).
+HINT_INPUTS: tuple[str, ...] = HINT_KEYS
 ACTING_KEYS = ("multi_task", "max_sequence", "bayes", "pointer")
 GRAPH_INPUTS = INPUT_NAMES[:9]  # one round's graph; the rest: the deciding agents and their masks
+
+
+def input_names(greedy_hint: bool = False) -> tuple[str, ...]:
+    """The program's inputs in positional order: `INPUT_NAMES`, then `HINT_INPUTS` with greedy hints."""
+    return INPUT_NAMES + HINT_INPUTS if greedy_hint else INPUT_NAMES
+
+
+def takes_hints(meta: dict) -> bool:
+    """Whether the program of this metadata takes greedy's proposals (its inputs end with HINT_INPUTS)."""
+    layout = meta.get("feature_layout") if isinstance(meta, dict) else None
+    return isinstance(layout, dict) and layout.get("inputs") == list(input_names(True))
 
 
 class ExportedPolicyError(ValueError):
@@ -68,6 +88,7 @@ def round_feeds(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {k: np.ascontiguousarray(arrays[k]) for k in GRAPH_INPUTS if k != "node_row"}
     # graph_arrays orders node rows by global node id, so a node slot's row is its id
     out["node_row"] = np.where(arrays["node_id"] >= 0, arrays["node_id"], -1).astype(np.int64)
+    out.update({k: np.ascontiguousarray(arrays[k]) for k in HINT_INPUTS if k in arrays})  # greedy hints, if made
     return out
 
 
@@ -91,14 +112,14 @@ def decision_feeds(agents: list[int] | np.ndarray, masks: list[dict[str, np.ndar
 
 
 # --------------------------------------------------------------------------- metadata
-def expected_layout(scenario: Scenario) -> dict:
+def expected_layout(scenario: Scenario, greedy_hint: bool = False) -> dict:
     """The `feature_layout` entry of the metadata: what the program expects to be fed."""
     return {"columns": feature_layout(scenario),
             "scales": [float(s) for s in feature_scales(scenario)],
             "grid_max": [int(g) for g in scenario.grid_max],
             "window": int(scenario.window_size),
             "max_nodes": int(max(len(c.nodes) for c in scenario.clusters)),
-            "inputs": list(INPUT_NAMES), "outputs": list(OUTPUT_NAMES)}
+            "inputs": list(input_names(greedy_hint)), "outputs": list(OUTPUT_NAMES)}
 
 
 def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str) -> dict:
@@ -115,7 +136,7 @@ def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str)
             f"Fix: evaluate it with --scenario {meta.get('scenario')}, or export a checkpoint trained on "
             f"'{scenario.name}'.")
     layout = meta.get("feature_layout", {})
-    want = expected_layout(scenario)
+    want = expected_layout(scenario, takes_hints(meta))  # either interface is this version's
     if layout.get("inputs") != want["inputs"] or layout.get("outputs") != want["outputs"]:
         raise ExportedPolicyError(
             f"{path} has another program interface (inputs {layout.get('inputs')}); it was written by "

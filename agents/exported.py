@@ -26,7 +26,7 @@ import numpy as np
 from agents.base import Policy
 from agents.export_format import (ACTING_KEYS, FORMAT, INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, PT2_EXTRA_FILE,
                                   ExportedPolicyError, check_metadata, decision_feeds, expected_layout,
-                                  graph_feeds, round_feeds, stacked_decision_feeds)
+                                  graph_feeds, input_names, round_feeds, stacked_decision_feeds, takes_hints)
 from agents.learned.acting import ActingOptions, Choices, RoundPlanner, Step
 from agents.learned.masks import MASK_KEYS
 from agents.pt2_archive import UnsafeProgramError, check_pt2_archive, count_nonfinite_weights, read_pt2_metadata
@@ -132,11 +132,12 @@ class Pt2Runner:
             torch.set_num_threads(threads)
         self.module = program.module()
         self.torch = torch
+        self.input_names = input_names(takes_hints(self.metadata))  # positional: with greedy hints or not
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         torch = self.torch
         with torch.no_grad():
-            out = self.module(*(torch.from_numpy(feeds[k]) for k in INPUT_NAMES))
+            out = self.module(*(torch.from_numpy(feeds[k]) for k in self.input_names))
         return [o.numpy() for o in out]
 
 
@@ -244,7 +245,10 @@ class ExportedPolicy(Policy):
                 raise ExportedPolicyError(f"exported policy option {k!r} is not supported. Fix: use multi_task, "
                                           f"max_sequence or bayes (pointer is fixed at export).")
             acting[k] = v
-        self.planner = RoundPlanner(scenario, ActingOptions(**acting), record_arrays=False)
+        # a program that takes greedy's proposals gets them from the planner's GreedyPolicy, the
+        # eager policy's own code (numpy), which sees every round of the episode
+        self.planner = RoundPlanner(scenario, ActingOptions(**acting), record_arrays=False,
+                                    greedy_hint=takes_hints(self.runner.metadata))
         self.scorer = ProgramScorer(self.runner, Path(path))
 
     @property

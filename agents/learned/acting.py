@@ -16,6 +16,10 @@ only supply a `Scorer`, which scores a batch of deciding agents; everything else
   episode forever. The rule asks for one start only: later choices of a sequence may pass.
 - conflicts: several agents starting the same task in a round are resolved by the Bayes
   posterior (`agents.learned.conflicts`).
+- greedy hints (a network with `ModelConfig.greedy_hint`): each round, the `greedy` heuristic's
+  proposal for every agent (`HINT_KEYS`) joins the round's arrays, for the network to copy or
+  deviate from. The planner owns that `GreedyPolicy` and shows it every round's observations,
+  also rounds in which nobody decides: greedy remembers the work of the tasks it saw waiting.
 
 This module imports neither torch nor torch_geometric: the ONNX policy runs without them.
 `ActingOptions` are the acting switches stored with a checkpoint and an exported file.
@@ -29,6 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
+from agents.heuristics.greedy import GreedyPolicy
 from agents.learned.conflicts import fit_count, resolve
 from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks
 from envs.actions import RoundActions
@@ -72,6 +77,22 @@ class AgentDecision:
 class RoundRecord:
     arrays: dict[str, np.ndarray]  # the round's round_arrays ({} if not kept: RoundPlanner.record_arrays)
     decisions: list[AgentDecision] = field(default_factory=list)
+
+
+# Greedy's proposal for each agent, in a round's arrays: hint_task [N, W+1] float32, a one-hot over
+# the task choices (index 0 = do nothing, as task_mask); hint_node [N] int64, the local node of the
+# proposed start (-1 = none); hint_alloc [N, R] int64, its amount of each resource (-1 = none).
+HINT_KEYS = ("hint_task", "hint_node", "hint_alloc")
+
+
+def hint_arrays(actions: RoundActions, window: int) -> dict[str, np.ndarray]:
+    """`HINT_KEYS` from greedy's actions of a round."""
+    starts = actions.task >= 0
+    task = np.zeros((actions.task.shape[0], window + 1), dtype=np.float32)
+    task[np.arange(task.shape[0]), actions.task + 1] = 1.0
+    return {"hint_task": task,
+            "hint_node": np.where(starts, actions.node, -1).astype(np.int64),
+            "hint_alloc": np.where(starts[:, None], actions.alloc, -1).astype(np.int64)}
 
 
 def round_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
@@ -130,19 +151,40 @@ class Scorer(Protocol):
 class RoundPlanner:
     """The learned policy's round logic around a `Scorer`; holds the current slot's plans."""
 
-    def __init__(self, scenario: Scenario, options: ActingOptions | None = None, record_arrays: bool = True):
+    def __init__(self, scenario: Scenario, options: ActingOptions | None = None, record_arrays: bool = True,
+                 greedy_hint: bool = False):
         """`record_arrays`: keep every round's graph arrays in its `RoundRecord` (what PPO learns
         from); False builds them only for rounds in which some agent decides (a runtime that keeps
-        no records, e.g. the exported policy, saves the work in the other rounds)."""
+        no records, e.g. the exported policy, saves the work in the other rounds). `greedy_hint`:
+        add greedy's proposals to the arrays (a network with `ModelConfig.greedy_hint` needs them)."""
         self.scenario = scenario
         self.options = options or ActingOptions()
         self.record_arrays = record_arrays
         self.static = static_tables(scenario)
+        self.greedy = GreedyPolicy(scenario) if greedy_hint else None
         self.reset()
 
     def reset(self) -> None:
         self.queue: list[list[Step]] = [[] for _ in range(self.scenario.num_clusters)]
         self.slot = -1
+        if self.greedy is not None:
+            self.greedy.reset(0)  # greedy draws nothing at random: the seed is unused
+        self._hinted: tuple[dict | None, dict[str, np.ndarray]] = (None, {})
+
+    def hints(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Greedy's proposals for this round's observations (`HINT_KEYS`; {} without hints). Call
+        it for every round of the episode, in order: `plan_steps` does, and so must a driver that
+        plays some rounds without the planner (a teacher's rounds: `round_arrays` below). The same
+        observations object asked again gets the same answer without greedy acting twice."""
+        if self.greedy is None:
+            return {}
+        if self._hinted[0] is not obs:
+            self._hinted = (obs, hint_arrays(self.greedy.act(obs), obs["task_mask"].shape[1] - 1))
+        return self._hinted[1]
+
+    def round_arrays(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`round_arrays` of this round, with the greedy hints when the planner makes them."""
+        return {**round_arrays(obs, self.scenario), **self.hints(obs)}
 
     def plan_round(self, obs: dict[str, np.ndarray], scorer: Scorer) -> tuple[RoundActions, RoundRecord]:
         """This round's actions of all agents, and what was decided (for PPO)."""
@@ -160,6 +202,7 @@ class RoundPlanner:
     def plan_steps(self, obs: dict[str, np.ndarray]) -> PlanSteps:
         """`plan_round` as a coroutine: yields `ScoreRequest`s, is sent their `Choices`."""
         N = obs["task_mask"].shape[0]
+        self.hints(obs)  # every round, also when nobody decides: greedy remembers what it saw
         slot = int(obs["slot"][0, 0])
         if slot != self.slot:
             self.queue = [[] for _ in range(N)]
@@ -174,7 +217,7 @@ class RoundPlanner:
                 if step_still_valid(obs, i, step.place, step.node, step.alloc, step.task_id):
                     starts[i] = step
         fresh = [i for i in range(N) if starts[i] is None and obs["task_mask"][i, 1:].any()]
-        arrays = round_arrays(obs, self.scenario) if fresh or self.record_arrays else {}
+        arrays = self.round_arrays(obs) if fresh or self.record_arrays else {}
         record = RoundRecord(arrays)
         if fresh:
             record.decisions = yield from self._decide(obs, arrays, fresh)

@@ -99,9 +99,10 @@ def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, ma
     z = net.alloc_context(h, batch, rows, place, node)
     low = masks["alloc_low"][ar, place]
     high = masks["alloc_high"][ar, node]
+    hint = net.alloc_hint(batch, rows, place)  # greedy's amounts for its task (greedy_hint), else None
     amounts, logp_alloc, ent_alloc = [], torch.zeros(S, device=rows.device), torch.zeros(S, device=rows.device)
     for r in range(len(net.cfg.grid_max)):
-        a_logits = net.alloc_logits(z, r, low[:, r], high[:, r], amounts)
+        a_logits = net.alloc_logits(z, r, low[:, r], high[:, r], amounts, None if hint is None else hint[:, r])
         a = _pick(a_logits, None if given is None else given.alloc[:, r], deterministic, col(2 + r))
         lp, en = _logp_entropy(a_logits, a)
         amounts.append(a)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.learned.acting import round_arrays
+from agents.learned.acting import HINT_KEYS, round_arrays
 from agents.learned.masks import MASK_KEYS
 from envs.graph import VERTEX_TYPES, EdgeType, forward_edges, reverse
 
@@ -32,13 +32,15 @@ class GraphBatch:
     masks: dict[str, torch.Tensor]  # task_mask [A, W+1], node_mask [A, W, Nn], alloc_low, alloc_high
     num_rounds: int
     progress_x: torch.Tensor | None = None  # [B, 2] episode progress of each round (training records only)
+    hints: dict[str, torch.Tensor] | None = None  # greedy's proposals (acting.HINT_KEYS), one row per agent
 
     def to(self, device: torch.device) -> "GraphBatch":
         mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return GraphBatch(mv(self.x), mv(self.edges), self.window_row.to(device), self.node_row.to(device),
                           self.agent_row.to(device), self.round_of_agent.to(device),
                           self.cluster_round.to(device), mv(self.masks), self.num_rounds,
-                          None if self.progress_x is None else self.progress_x.to(device))
+                          None if self.progress_x is None else self.progress_x.to(device),
+                          None if self.hints is None else mv(self.hints))
 
 
 def collate(rounds: list[dict[str, np.ndarray]]) -> GraphBatch:
@@ -69,5 +71,8 @@ def collate(rounds: list[dict[str, np.ndarray]]) -> GraphBatch:
     masks["node_mask"] = masks["node_mask"].bool()
     progress = torch.from_numpy(np.concatenate([r["progress_x"] for r in rounds])) \
         if all("progress_x" in r for r in rounds) else None
+    # rounds planned with greedy hints carry them (RoundPlanner(greedy_hint=True)); None otherwise
+    hints = {k: torch.from_numpy(np.concatenate([r[k] for r in rounds])) for k in HINT_KEYS} \
+        if all(HINT_KEYS[0] in r for r in rounds) else None
     return GraphBatch(x, edges, t(window_row), t(node_row), t(agent_row), t(round_of_agent), t(round_of_agent),
-                      masks, len(rounds), progress)
+                      masks, len(rounds), progress, hints)

@@ -68,11 +68,14 @@ class EpisodeJob:
         return scenario.with_overrides(arrivals=replace(scenario.arrivals, rate=float(self.rate)))
 
 
-def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario) -> RoundRecord:
+def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario,
+                   planner: RoundPlanner | None = None) -> RoundRecord:
+    """`planner`: the episode's planner, whose round arrays carry its greedy hints (and whose
+    GreedyPolicy must see every round, teacher rounds included)."""
     from agents.learned.acting import round_arrays
     from agents.learned.masks import MASK_KEYS
 
-    rec = RoundRecord(round_arrays(obs, scenario))
+    rec = RoundRecord(planner.round_arrays(obs) if planner is not None else round_arrays(obs, scenario))
     for i in range(obs["task_mask"].shape[0]):
         if not obs["task_mask"][i, 1:].any():
             continue
@@ -87,11 +90,12 @@ def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario) -> R
 class _Env:
     """One episode of the lockstep: its run, planner, sampling generator and what it recorded."""
 
-    def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward_scale: float):
+    def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward_scale: float,
+                 greedy_hint: bool = False):
         scenario = job.scenario_of(scenario)
         self.scenario, self.job, self.reward_scale = scenario, job, reward_scale
         self.run = EpisodeRun(scenario, job.seed, name=job.teacher or "tapfinger")
-        self.planner = RoundPlanner(scenario, acting, record_arrays=False)
+        self.planner = RoundPlanner(scenario, acting, record_arrays=False, greedy_hint=greedy_hint)
         self.rng = np.random.default_rng(job.sample_seed)
         self.teacher = None
         if job.teacher:
@@ -111,7 +115,7 @@ class _Env:
         if self.teacher is not None:
             self.labels = decide(self.teacher, self.run)  # a planning teacher (rollout) gets the present
             if not self.job.learner_acts:
-                self._play(self.labels, teacher_record(obs, self.labels, self.scenario))
+                self._play(self.labels, teacher_record(obs, self.labels, self.scenario, self.planner))
                 return None
         self.steps = self.planner.plan_steps(obs)
         return self._advance(None)
@@ -125,7 +129,7 @@ class _Env:
         except StopIteration as finished:
             actions, record = finished.value
             if self.teacher is not None:  # DAgger: the learner's actions, the teacher's labels
-                record = teacher_record(self.run.observe(), self.labels, self.scenario)
+                record = teacher_record(self.run.observe(), self.labels, self.scenario, self.planner)
             self._play(actions, record)
             return None
 
@@ -155,7 +159,7 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
         raise ValueError("collect_lockstep plays all jobs sampled or all greedy; collect the others separately")
     deterministic = bool(jobs) and jobs[0].deterministic
     scorer = LockstepScorer(net, torch.device(device), acting.pointer)
-    envs = [_Env(scenario, job, acting, reward_scale) for job in jobs]
+    envs = [_Env(scenario, job, acting, reward_scale, net.cfg.greedy_hint) for job in jobs]
     active = list(envs)
     while active:
         waiting = [(env, req) for env in active if (req := env.begin_round()) is not None]

@@ -28,6 +28,7 @@ class ModelOptions:
     encoder: Literal["graph", "mlp"] = "graph"  # graph attention, or mlp: the no-graph ablation
     separate_critic: bool = True  # the critic gets its own encoder (--no-separate-critic: shared, as before)
     critic_progress: bool = True  # the critic also sees tasks yet to arrive and in the system (training only)
+    greedy_hint: bool = False  # greedy's proposal for each agent is an input the network can copy or deviate from
 
 
 @dataclass

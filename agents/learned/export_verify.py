@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.export_format import GRAPH_INPUTS, OUTPUT_NAMES, ExportError, decision_feeds, graph_feeds
+from agents.export_format import GRAPH_INPUTS, HINT_INPUTS, OUTPUT_NAMES, ExportError, decision_feeds, graph_feeds
 from agents.exported import open_runner  # the runtime itself runs the written file
-from agents.learned.actor import decide, greedy_pick
 from agents.learned.acting import round_arrays
+from agents.learned.actor import decide, greedy_pick
 from agents.learned.batch import collate
 from agents.learned.masks import MASK_KEYS
 from agents.learned.model import TapFingerNet
@@ -40,6 +40,7 @@ def eager_outputs_for_feeds(net: TapFingerNet, feeds: dict[str, np.ndarray], poi
     """`eager_outputs` for program inputs (e.g. `random_feeds`), through the model's own collate path."""
     arrays = {k: feeds[k] for k in GRAPH_INPUTS if k != "node_row"}
     arrays["node_id"] = feeds["node_row"]  # one round: node rows are global node ids
+    arrays.update({k: feeds[k] for k in HINT_INPUTS if k in feeds})  # greedy's proposals, per cluster
     n = feeds["cluster_x"].shape[0]
     for k in MASK_KEYS:  # collate wants them; decide gets its own
         arrays[k] = np.zeros((n,) + feeds[k].shape[1:], dtype=np.int64)
@@ -106,8 +107,10 @@ def greedy_mismatch(net: TapFingerNet, arrays: dict[str, np.ndarray], agents: li
         return problem
     z = net.alloc_context(h, batch, rows, at, node)
     low, high = m["alloc_low"][ar, at], m["alloc_high"][ar, node]
+    hint = net.alloc_hint(batch, rows, at)
     for r in range(alloc.shape[1]):
-        logits = net.alloc_logits(z, r, low[:, r], high[:, r], [alloc[:, q] for q in range(r)])
+        logits = net.alloc_logits(z, r, low[:, r], high[:, r], [alloc[:, q] for q in range(r)],
+                                  None if hint is None else hint[:, r])
         problem = not_greedy(logits, alloc[:, r], f"amount of resource {r}", started)
         if problem:
             return problem
@@ -120,7 +123,9 @@ class _Enough(Exception):
 
 def sample_rounds(scenario: Scenario, net: TapFingerNet, acting: dict, seed: int = 0, max_rounds: int = 40
                   ) -> list[dict[str, np.ndarray]]:
-    """Observations of rounds (with deciding agents) of one greedy episode of the eager policy."""
+    """Observations of rounds (with deciding agents) of one greedy episode of the eager policy; with
+    greedy hints, each round's dict also holds the planner's `HINT_INPUTS` of that round (greedy is
+    stateful: they come from the episode's own GreedyPolicy, which saw every round before)."""
     from agents.learned.acting import ActingOptions
     from agents.learned.policy import Planner
     from envs.episode import RoundInfo, run_episode
@@ -140,7 +145,7 @@ def sample_rounds(scenario: Scenario, net: TapFingerNet, acting: dict, seed: int
 
     def on_round(info: RoundInfo) -> None:
         if info.obs["task_mask"][:, 1:].any():
-            out.append(info.obs)
+            out.append({**info.obs, **planner.hints(info.obs)})  # the hints greedy made for this round
         if len(out) >= max_rounds:
             raise _Enough  # the one episode loop has no stop condition of its own
 
@@ -160,8 +165,10 @@ def verify_export(path: Path, fmt: str, scenario: Scenario, net: TapFingerNet, a
     for r, obs in enumerate(rounds):
         agents = [i for i in range(obs["task_mask"].shape[0]) if obs["task_mask"][i, 1:].any()]
         masks = [{k: obs[k][i] for k in MASK_KEYS} for i in agents]
-        got = runner.run({**graph_feeds(obs, scenario), **decision_feeds(agents, masks)})
-        problem = greedy_mismatch(net, round_arrays(obs, scenario), agents, masks, got, pointer=pointer)
+        hints = {k: obs[k] for k in HINT_INPUTS if k in obs}  # sample_rounds keeps them with the round
+        got = runner.run({**graph_feeds(obs, scenario), **hints, **decision_feeds(agents, masks)})
+        problem = greedy_mismatch(net, {**round_arrays(obs, scenario), **hints}, agents, masks, got,
+                                  pointer=pointer)
         if problem:
             raise ExportError(f"the exported {fmt} program differs from the eager model on round {r} of a "
                               f"verification episode ({problem}). Fix: report it with the checkpoint; use the "

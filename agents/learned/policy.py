@@ -93,7 +93,7 @@ class Planner(RoundPlanner):
 
     def __init__(self, net: TapFingerNet, scenario: Scenario, options: ActingOptions | None = None,
                  device: str | torch.device = "cpu"):
-        super().__init__(scenario, options)
+        super().__init__(scenario, options, greedy_hint=net.cfg.greedy_hint)
         self.net = net
         self.device = torch.device(device)
 

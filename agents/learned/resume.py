@@ -42,7 +42,7 @@ def check_resumable(path: Path, payload: dict, cfg: TrainConfig) -> None:
                               f"Fix: use the same --multi-task/--no-bayes/--max-sequence/--no-pointer flags "
                               f"as that run.")
     old = stored_config(payload)
-    new = _flatten(asdict(cfg))
+    new = _flatten(json.loads(json.dumps(asdict(cfg))))  # as stored: JSON has lists, not tuples (--rates)
     changed = [(k, old[k], v) for k, v in new.items()
                if k in old and k.split(".")[-1] not in MAY_CHANGE_ON_RESUME and old[k] != v]
     if changed:

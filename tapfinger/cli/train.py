@@ -56,7 +56,8 @@ def config_from_dict(d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
-    top = {k: v for k, v in d.items() if k not in ("model", "acting", "ppo")}
+    top = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()  # JSON lists back to tuples
+           if k not in ("model", "acting", "ppo")}
     return build(TrainConfig, {**top, "model": build(ModelOptions, d.get("model", {})),
                                "acting": build(ActingOptions, d.get("acting", {})),
                                "ppo": build(PPOConfig, d.get("ppo", {}))})
