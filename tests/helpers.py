@@ -159,3 +159,13 @@ class ServiceCheck:
             self.checked += int((given[live] > 0).sum())
         return out
 
+
+def default_sigint() -> None:
+    """`preexec_fn` of a subprocess that a test stops with Ctrl-C: SIGINT at its default action, as in
+    a terminal's foreground job. A shell runs background jobs with SIGINT ignored, the child inherits
+    that, and Python then installs no KeyboardInterrupt handler: the suite run from `cmd &` (or a CI
+    runner that does so) would see Ctrl-C ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+

@@ -27,7 +27,7 @@ from tapfinger.evaluation.harness import EvalConfig, run_evaluation, summarise, 
 from tapfinger.evaluation.metrics import EpisodeMetrics
 from tapfinger.sim.engine import Engine
 from tapfinger.sim.scenario import builtin_text, load_scenario
-from tests.helpers import small
+from tests.helpers import default_sigint, small
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -215,7 +215,7 @@ def test_ctrl_c_keeps_finished_episodes_and_the_rerun_finishes_them(tmp_path, ca
     # its own session: the SIGINT goes to the whole process group, workers included, as a
     # terminal's Ctrl-C does
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 60
         while _records(out / CACHE_NAME) < 2:

@@ -19,7 +19,7 @@ import torch
 from agents.learned.checkpoint import CheckpointError, read_payload
 from agents.learned.config import ModelOptions, PPOConfig, TrainConfig
 from agents.learned.train import Trainer
-from tests.helpers import small
+from tests.helpers import default_sigint, small
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,8 +48,9 @@ def test_ctrl_c_stops_training_with_workers_promptly_and_leaves_no_process(tmp_p
     cmd = [sys.executable, "-m", "tapfinger.cli", "train", "--scenario", "synthetic-3", "--run-dir", str(run),
            "--envs", "4", "--workers", "2", "--total-steps", "100000000", "--imitation-episodes", "2",
            "--imitation-epochs", "1", "--eval-every", "0", "--hidden", "16", "--layers", "1", "--quiet"]
+    # its own process group with SIGINT at its default, as a terminal's job is
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's job is
+                            start_new_session=True, preexec_fn=default_sigint)
     try:
         deadline = time.time() + 240
         while not (run / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
