@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from tapfinger.sim.scenario import Scenario
-from tapfinger.sim.workload import Workload, _visible_sets, make_workload, poisson_workload
+from tapfinger.sim.workload import Workload, _visible_sets, make_workload, no_tasks, poisson_workload
 
 
 class FutureSampler:
@@ -41,7 +41,7 @@ class FutureSampler:
     def sample(self, slot: int, arrived: int, rng: np.random.Generator, horizon: int) -> Workload:
         remaining = self.total - arrived
         if remaining <= 0:
-            return _empty(self.N)
+            return no_tasks(self.N)
         if self._rows is None:
             sc = self.scenario
             # enough tasks for the horizon at any plausible draw (the rest would be cut anyway)
@@ -77,8 +77,3 @@ def _head(wl: Workload, count: int) -> Workload:
     return Workload(arrival_slot=wl.arrival_slot[:count], task_type=wl.task_type[:count],
                     visible=wl.visible[:count], work=wl.work[:count], deadline=wl.deadline[:count])
 
-
-def _empty(num_clusters: int) -> Workload:
-    return Workload(arrival_slot=np.zeros(0, dtype=np.int64), task_type=np.zeros(0, dtype=np.int64),
-                    visible=np.zeros((0, num_clusters), dtype=bool), work=np.zeros(0),
-                    deadline=np.zeros(0, dtype=np.int64))

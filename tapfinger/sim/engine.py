@@ -23,7 +23,7 @@ import numpy as np
 from tapfinger.sim.progress import finished, progress_step
 from tapfinger.sim.scenario import Scenario
 from tapfinger.sim.tables import static_tables
-from tapfinger.sim.workload import Workload, make_workload
+from tapfinger.sim.workload import Workload, make_workload, no_tasks
 
 WAITING_NOT_ARRIVED, WAITING, RUNNING, FINISHED = 0, 1, 2, 3
 
@@ -309,7 +309,7 @@ class Engine:
         work (a planner's belief: the estimates, not the truth). The copy shares nothing mutable with
         this engine, so a planner may play it forward freely; its metrics count the arrived tasks too."""
         A = self.next_arrival
-        fut = future if future is not None else _no_tasks(self.N)
+        fut = future if future is not None else no_tasks(self.N)
         if fut.num_tasks and int(fut.arrival_slot.min()) <= self.slot:
             raise ValueError(f"a fork's future tasks must arrive after slot {self.slot}")
         eng = Engine.__new__(Engine)
@@ -358,8 +358,3 @@ class Engine:
             "deadline": self.deadline[:T].copy(),
         }
 
-
-def _no_tasks(num_clusters: int) -> Workload:
-    return Workload(arrival_slot=np.zeros(0, dtype=np.int64), task_type=np.zeros(0, dtype=np.int64),
-                    visible=np.zeros((0, num_clusters), dtype=bool), work=np.zeros(0),
-                    deadline=np.zeros(0, dtype=np.int64))

@@ -160,3 +160,10 @@ def _check_uncertainty(scenario: Scenario) -> None:
         if name not in names or not (0.0 < factor < np.inf):
             raise ScenarioError(f"scenario {scenario.source}: uncertainty.speed_bias {name} = {factor}. Fix: "
                                 f"use task types of the scenario ({', '.join(sorted(names))}) and finite factors > 0")
+
+
+def no_tasks(num_clusters: int) -> Workload:
+    """A workload without tasks (a fork's empty future, a planner's future past the episode's count)."""
+    return Workload(arrival_slot=np.zeros(0, dtype=np.int64), task_type=np.zeros(0, dtype=np.int64),
+                    visible=np.zeros((0, num_clusters), dtype=bool), work=np.zeros(0),
+                    deadline=np.zeros(0, dtype=np.int64))
