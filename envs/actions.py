@@ -21,12 +21,13 @@ from tapfinger.sim.engine import Engine, InvalidActionError
 class RoundActions:
     """task[i] = window place or -1 (do nothing); node[i] = local node; alloc[i] = amount per
     resource; realloc[i, k] = new allocation of running place k, -1 = keep (None when nobody
-    preempts)."""
+    preempts); decline[i] = window place to decline or -1 (None when nobody declines)."""
 
     task: np.ndarray  # [N] int
     node: np.ndarray  # [N] int
     alloc: np.ndarray  # [N, R] int
     realloc: np.ndarray | None = None  # [N, M, R] int
+    decline: np.ndarray | None = None  # [N] int
 
     @classmethod
     def nothing(cls, num_agents: int, num_resources: int) -> RoundActions:
@@ -42,10 +43,16 @@ class RoundActions:
             if found is not None:
                 i, problem = found
                 raise InvalidActionError(f"agent {agent_names[i] if agent_names else i}: {problem}")
-        return engine.play_round(self.task, self.node, self.alloc, self.realloc)
+        return engine.play_round(self.task, self.node, self.alloc, self.realloc, self.decline)
+
+    def decline_place(self, agent: int, place: int) -> None:
+        """Have `agent` decline window place `place` this round (admission control)."""
+        if self.decline is None:
+            self.decline = np.full(self.task.shape[0], -1, dtype=np.int64)
+        self.decline[agent] = place
 
 
-ACTION_KEYS = ("task", "node", "alloc", "realloc")
+ACTION_KEYS = ("task", "node", "alloc", "realloc", "decline")
 _FAST_KEYS = frozenset(ACTION_KEYS[:3])
 
 
@@ -77,6 +84,7 @@ class EnvActionReader:
             "task": f"an integer 0..{self.W} (0 = do nothing, i = start window place i-1)",
             "node": f"an integer 0..{self.max_node} (a node of the agent's cluster)",
             "alloc": f"{self.R} integers [{res}] (the amount of each resource)",
+            "decline": f"an integer 0..{self.W} (0 = decline nothing, i = decline window place i-1)",
             "realloc": f"an [{self.M}, {self.R}] integer array, one row [{res_keep}] per running place (a row of "
                        f"0 keeps that task, otherwise each entry k sets that resource to k-1)",
             "array": f"{2 + self.R} integers [task 0..{self.W}, node 0..{self.max_node}, {res}]",
@@ -104,11 +112,13 @@ class EnvActionReader:
                 fast.append(i)
                 continue
             try:
-                t, n, a, re = self._read_one(act)
+                t, n, a, re, d = self._read_one(act)
             except _Malformed as exc:
                 malformed[i] = f"agent {agent}: {exc}"
                 continue
             out.task[i], out.node[i] = t - 1, n
+            if d:
+                out.decline_place(i, d - 1)
             if a is not None:
                 out.alloc[i] = a
             if re is not None and re.any():
@@ -144,19 +154,20 @@ class EnvActionReader:
         out.task[i], out.node[i] = t - 1, n
         return True
 
-    def _read_one(self, act: Any) -> tuple[int, int, np.ndarray | None, np.ndarray | None]:
+    def _read_one(self, act: Any) -> tuple[int, int, np.ndarray | None, np.ndarray | None, int]:
         if not isinstance(act, dict):
             arr = self._ints(act, (2 + self.R,), self.array_high, "array action", "array")
-            return int(arr[0]), int(arr[1]), arr[2:], None
+            return int(arr[0]), int(arr[1]), arr[2:], None, 0
         for key in act:
             if key not in ACTION_KEYS:
                 raise _Malformed(f"key {key!r} is not an action key; expected the keys {', '.join(ACTION_KEYS)}")
-        t, n, a, re = (act.get(k) for k in ACTION_KEYS)
+        t, n, a, re, d = (act.get(k) for k in ACTION_KEYS)
         task = 0 if t is None else self._scalar(t, self.W, "task")
+        decline = 0 if d is None else self._scalar(d, self.W, "decline")
         node = 0 if n is None else self._scalar(n, self.max_node, "node")
         alloc = None if a is None else self._ints(a, (self.R,), self.grid, "key 'alloc'", "alloc")
         realloc = None if re is None else self._ints(re, (self.M, self.R), self.grid + 1, "key 'realloc'", "realloc")
-        return task, node, alloc, realloc
+        return task, node, alloc, realloc, decline
 
     def _scalar(self, value: Any, high: int, key: str) -> int:
         if type(value) is int or isinstance(value, np.integer):  # the common case, without numpy
@@ -232,15 +243,24 @@ def round_problem(engine: Engine, act: RoundActions) -> tuple[int, str] | None:
                 return i, problem
             free = _free_after_realloc(engine, i, act.realloc[i])
         pos = int(act.task[i])
-        if pos < 0:
-            continue
-        t = int(engine.window[i, pos]) if pos < engine.W else engine.empty
-        if t != engine.empty and t in claimed:
-            continue
-        problem = _start_problem(engine, i, pos, int(act.node[i]), act.alloc[i], free)
-        if problem is not None:
-            return i, problem
-        claimed.add(t)
+        if pos >= 0:
+            t = int(engine.window[i, pos]) if pos < engine.W else engine.empty
+            if t == engine.empty or t not in claimed:
+                problem = _start_problem(engine, i, pos, int(act.node[i]), act.alloc[i], free)
+                if problem is not None:
+                    return i, problem
+                claimed.add(t)
+        dpos = -1 if act.decline is None else int(act.decline[i])
+        if dpos >= 0:
+            t = int(engine.window[i, dpos]) if dpos < engine.W else engine.empty
+            if dpos == pos:
+                return i, f"window place {dpos} is both started and declined"
+            if t != engine.empty and t in claimed:
+                continue
+            problem = engine.decline_problem(i, dpos)
+            if problem is not None:
+                return i, problem
+            claimed.add(t)
     return None
 
 

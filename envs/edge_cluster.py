@@ -10,6 +10,8 @@ Action of an agent (a `Dict`, or a plain int array `[task, node, *alloc]`):
   other values is invalid; a row of ones, i.e. all resources 0, pauses the task). Needs
   `allow_preemption = true`. A task whose allocation at a slot end differs from the previous slot
   end progresses by `switch_weight ×` its amount in that slot.
+* `decline` — admission control (only where the scenario has `allow_decline = true`): 0 = decline
+  nothing, i = decline the task in window place i-1 (it leaves the system and counts as missed).
 
 Every value is an integer (Python or numpy; a float only when it is an exact integer) within
 the action space: never a boolean, a string, a fraction, NaN or a negative number (task 0 and
@@ -60,12 +62,15 @@ class EdgeClusterEnv(ParallelEnv):
         self.agents: list[str] = []
         self._obs_space = observation_space(self.engine)
         grid = self.engine.static.grid_max
-        self._act_space = spaces.Dict({
+        keys = {
             "task": spaces.Discrete(self.engine.W + 1),
             "node": spaces.Discrete(self.engine.static.max_nodes),
             "alloc": spaces.MultiDiscrete(grid + 1),
             "realloc": spaces.MultiDiscrete(np.tile(grid + 2, (self.engine.M, 1))),
-        })
+        }
+        if self.scenario.allow_decline:  # admission control: only scenarios that allow it have the key
+            keys["decline"] = spaces.Discrete(self.engine.W + 1)
+        self._act_space = spaces.Dict(keys)
         self.state_space = spaces.Box(low=-np.inf, high=np.inf, shape=self._state_size(), dtype=np.float32)
         self._seed: int | None = None
         self._episode = 0

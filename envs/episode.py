@@ -45,9 +45,24 @@ class EpisodeResult:
         return self.records["jct"] >= 0
 
     @property
+    def declined_mask(self) -> np.ndarray:
+        """Per task, whether an agent declined it (admission control). Records of engines (or
+        replays) from before declining existed have no "declined" key: nothing was declined."""
+        flags = self.records.get("declined")
+        if flags is None:
+            return np.zeros(len(self.records["jct"]), dtype=bool)
+        return np.asarray(flags, dtype=bool)
+
+    @property
+    def declined(self) -> int:
+        """Tasks declined: they left the system unfinished, on purpose, and count as missed."""
+        return int(self.declined_mask.sum())
+
+    @property
     def unfinished(self) -> int:
-        """Tasks not finished when the episode ended (only a truncated episode has any)."""
-        return int((~self.finished).sum())
+        """Tasks neither finished nor declined when the episode ended (only a truncated episode has
+        any): every task is counted once, as finished, declined or unfinished."""
+        return int((~self.finished & ~self.declined_mask).sum())
 
     @property
     def avg_jct(self) -> float:

@@ -11,7 +11,8 @@ Keys (W = window size, M = max running tasks, Nn = max nodes per cluster, R = re
 | slot, round | (1,) | current slot, and round within it |
 | queue_len | (1,) | tasks waiting in this cluster's queue behind the window |
 | node_id | (Nn,) | global node index, -1 = padding |
-| node_capacity, node_free | (Nn, R) | per node |
+| node_capacity, node_free | (Nn, R) | per node: the capacity available now (it follows the cluster's capacity schedule), and what of it is free |
+| node_kind | (Nn,) | 0 = edge, 1 = cloud, -1 = padding |
 | window_id | (W,) | global task id, -1 = empty place |
 | window_type | (W,) | task type index, -1 = empty |
 | window_wait | (W,) | slots since arrival |
@@ -21,8 +22,10 @@ Keys (W = window size, M = max running tasks, Nn = max nodes per cluster, R = re
 | running_id, running_type, running_node | (M,) | -1 = empty; running_node is the local node index |
 | running_alloc | (M, R) | current allocation |
 | running_progress | (M,) | progress in [0, 1) |
-| running_age, running_start | (M,) | slots since arrival; slot it started |
+| running_age, running_start | (M,) | slots since arrival; slot it (first) started |
+| running_deadline | (M,) | slots left to the deadline, -1 = none |
 | task_mask | (W+1,) | 1 = allowed; index 0 = do nothing, i = window place i-1 |
+| decline_mask | (W+1,) | 1 = allowed; index 0 = decline nothing, i = decline window place i-1 (only where the scenario has `allow_decline`) |
 | node_mask | (W, Nn) | 1 = the task's minimum fits on that node |
 | alloc_low | (W, R) | smallest allowed amount of each resource for the task (its minimum) |
 | alloc_high | (Nn, R) | largest allowed amount on each node (min(grid max, free)) |
@@ -62,6 +65,7 @@ def observation_space(engine: Engine) -> spaces.Dict:
         "node_id": ints(-1, BIG, (Nn,)),
         "node_capacity": ints(0, cap, (Nn, R)),
         "node_free": ints(0, cap, (Nn, R)),
+        "node_kind": ints(-1, 1, (Nn,)),
         "window_id": ints(-1, BIG, (W,)),
         "window_type": ints(-1, len(engine.scenario.task_types) - 1, (W,)),
         "window_wait": ints(0, BIG, (W,)),
@@ -75,7 +79,9 @@ def observation_space(engine: Engine) -> spaces.Dict:
         "running_progress": floats(0.0, 1.0, (M,)),
         "running_age": ints(0, BIG, (M,)),
         "running_start": ints(-1, BIG, (M,)),
+        "running_deadline": ints(-1, BIG, (M,)),
         "task_mask": ints(0, 1, (W + 1,)),
+        "decline_mask": ints(0, 1, (W + 1,)),
         "node_mask": ints(0, 1, (W, Nn)),
         "alloc_low": ints(0, grid, (W, R)),
         "alloc_high": ints(0, grid, (Nn, R)),
@@ -92,7 +98,7 @@ def build_observations(engine: Engine) -> dict[str, np.ndarray]:
     node_ok = st.cluster_nodes >= 0
     gnodes = np.where(node_ok, st.cluster_nodes, 0)
     node_free = np.where(node_ok[..., None], e.node_free[gnodes], 0)
-    node_cap = np.where(node_ok[..., None], st.node_capacity[gnodes], 0)
+    node_cap = np.where(node_ok[..., None], e.node_capacity_now[gnodes], 0)
     tmin = st.type_min[wtype]  # [N, W, R]
     fits = (node_free[:, None, :, :] >= tmin[:, :, None, :]).all(axis=3) & node_ok[:, None, :]
     fits &= occupied[:, :, None]
@@ -104,6 +110,8 @@ def build_observations(engine: Engine) -> dict[str, np.ndarray]:
     # local node index of each running task: position of its global node in the cluster's list
     r_node_local = np.argmax(st.cluster_nodes[:, None, :] == r_node_global[:, :, None], axis=2)
     deadline = e.deadline[win]
+    r_deadline = e.deadline[run]
+    may_decline = occupied if e.scenario.allow_decline else np.zeros_like(occupied)
     return {
         "agent": np.arange(N, dtype=np.int64)[:, None],
         "slot": np.full((N, 1), e.slot, dtype=np.int64),
@@ -112,6 +120,7 @@ def build_observations(engine: Engine) -> dict[str, np.ndarray]:
         "node_id": st.cluster_nodes,
         "node_capacity": node_cap,
         "node_free": node_free,
+        "node_kind": np.where(node_ok, st.node_kind[gnodes], -1),
         "window_id": np.where(occupied, win, -1),
         "window_type": np.where(occupied, wtype, -1),
         "window_wait": np.where(occupied, e.age[win], 0),
@@ -126,7 +135,9 @@ def build_observations(engine: Engine) -> dict[str, np.ndarray]:
         "running_progress": np.where(r_live, np.minimum(e.progress[run], 1.0), 0.0).astype(np.float32),
         "running_age": np.where(r_live, e.age[run], 0),
         "running_start": np.where(r_live, e.start[run], -1),
+        "running_deadline": np.where(r_live & (r_deadline >= 0), np.maximum(r_deadline - e.slot, 0), -1),
         "task_mask": np.concatenate([np.ones((N, 1), dtype=np.int64), task_ok.astype(np.int64)], axis=1),
+        "decline_mask": np.concatenate([np.ones((N, 1), dtype=np.int64), may_decline.astype(np.int64)], axis=1),
         "node_mask": fits.astype(np.int64),
         "alloc_low": np.where(occupied[..., None], tmin, 0),
         "alloc_high": np.where(node_ok[..., None], np.minimum(node_free, st.grid_max), 0),

@@ -12,7 +12,13 @@ worker processes, summarised with 95% confidence intervals and paired difference
           "p50_jct" | "p95_jct" | "p99_jct" | "makespan" | "decisions_per_s": same form,
           "utilisation": {RESOURCE: same form},
           "diff_vs_best": same form, per seed: this policy's avg JCT minus best_heuristic's,
-          "invalid_actions": int, "unfinished_tasks": int, "truncated_episodes": int
+          "invalid_actions": int, "unfinished_tasks": int, "truncated_episodes": int,
+          # only when some episode of the evaluation has a deadline task or a declined task:
+          "deadline_ratio": same form, per seed: tasks that met their deadline / tasks with one
+                            (declined, late and unfinished ones missed it; null: none had one),
+          "declined": same form, per seed: tasks declined (admission control),
+          "lateness": same form, per seed: mean slots late (finish + 1 - deadline) of the tasks
+                      that finished late (null: none did)
         },
         "bound": {"avg_jct": same form}   # per-task lower bound (tapfinger/evaluation/bounds.py)
       },
@@ -248,6 +254,9 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
     measured = [n for n in heuristics if np.isfinite(avg[n]).any()]
     best = min(measured, key=lambda n: float(np.mean(avg[n][np.isfinite(avg[n])]))) if measured else None
     out["best_heuristic"] = best
+    # Deadline metrics for every policy, or for none: a scenario without deadlines (and no
+    # declines) keeps exactly the keys it always had, so older results stay comparable.
+    deadlines = any(per_policy[n][s].has_deadlines for n in cfg.policies for s in seeds)
     for n in cfg.policies:
         eps = [per_policy[n][s] for s in seeds]
         entry = {k: summary([e.scalars()[k] for e in eps])
@@ -258,6 +267,10 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
         entry["invalid_actions"] = int(sum(e.invalid_actions for e in eps))
         entry["unfinished_tasks"] = int(sum(e.unfinished for e in eps))
         entry["truncated_episodes"] = int(sum(e.truncated for e in eps))
+        if deadlines:
+            entry["deadline_ratio"] = summary([e.deadline_ratio for e in eps])
+            entry["declined"] = summary([float(e.declined) for e in eps])
+            entry["lateness"] = summary([e.lateness for e in eps])
         out["policies"][n] = entry
     out["policies"]["bound"] = {"avg_jct": summary([bounds[s] for s in seeds])}
     out["_episodes"] = per_policy  # for plots; not written to JSON
@@ -267,7 +280,9 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
 NULLS_WHY = ("null stands for a value that is not a finite number, which strict JSON cannot hold: NaN "
              "where there was nothing to measure (an episode in which no task finished has no JCT, so no "
              "percentiles and no difference from the best heuristic; a mean over no finite values), or "
-             "infinity (decisions/s of an episode whose decisions took no measurable time)")
+             "infinity (decisions/s of an episode whose decisions took no measurable time); the deadline "
+             "ratio of an episode in which no task had a deadline and the lateness of one in which no task "
+             "finished late are NaN too")
 
 
 def _strict(value, path: str, nulls: list[str]):
@@ -307,15 +322,32 @@ def _fmt(s: dict, digits: int = 2) -> str:
     return f"{s['mean']:.{digits}f}"
 
 
+def _deadline_cells(e: dict) -> str:
+    """The deadline columns of one row: met % with its CI, declined per episode, mean slots late."""
+    r, d, late = e["deadline_ratio"], e["declined"], e["lateness"]
+    met = (f"{100 * r['mean']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+           if math.isfinite(r["mean"]) else "-")
+    by = f"{late['mean']:.1f}" if math.isfinite(late["mean"]) else "-"
+    return f" {met:<20} {d['mean']:>8.1f} {by:>7}"
+
+
 def format_table(results: dict) -> str:
-    """A plain-text table: one row per policy, bound last."""
+    """A plain-text table: one row per policy (by avg JCT), bound last; with deadline columns when
+    the results have deadline metrics."""
     res = results["policies"]
     resources = next(iter(v["utilisation"] for k, v in res.items() if k != "bound")).keys()
-    head = (f"{'policy':<16} {'avg JCT (95% CI)':<22} {'p50':>6} {'p95':>6} {'p99':>6} {'makespan':>9} "
+    deadlines = any("deadline_ratio" in v for k, v in res.items() if k != "bound")
+    head = (f"{'policy':<16} {'avg JCT (95% CI)':<22}"
+            + (f" {'deadline % (95% CI)':<20} {'declined':>8} {'late by':>7}" if deadlines else "")
+            + f" {'p50':>6} {'p95':>6} {'p99':>6} {'makespan':>9} "
             + " ".join(f"{'util ' + r:>9}" for r in resources)
             + f" {'dec/s':>9} {'diff vs ' + str(results['best_heuristic']):>26}")
-    lines = [f"scenario {results['scenario']}, {len(results['seeds'])} seeds "
-             f"({results['seeds'][0]}..{results['seeds'][-1]}); JCT in slots", head, "-" * len(head)]
+    title = (f"scenario {results['scenario']}, {len(results['seeds'])} seeds "
+             f"({results['seeds'][0]}..{results['seeds'][-1]}); JCT in slots")
+    if deadlines:
+        title += ("; deadline % = met / tasks with a deadline (declined, late, unfinished = missed), "
+                  "declined per episode, late by = mean slots late of the late tasks")
+    lines = [title, head, "-" * len(head)]
     order = sorted((n for n in res if n != "bound"), key=lambda n: res[n]["avg_jct"]["mean"])
     for n in order:
         e = res[n]
@@ -325,7 +357,7 @@ def format_table(results: dict) -> str:
         diff = f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d else "-"
         util = " ".join(f"{e['utilisation'][r]['mean']:>9.2f}" for r in resources)
         flag = "" if not e["unfinished_tasks"] else f"  ({e['unfinished_tasks']} tasks unfinished)"
-        lines.append(f"{n:<16} {ci:<22} {_fmt(e['p50_jct'], 1):>6} {_fmt(e['p95_jct'], 1):>6} "
+        lines.append(f"{n:<16} {ci:<22}{_deadline_cells(e) if deadlines else ''} {_fmt(e['p50_jct'], 1):>6} {_fmt(e['p95_jct'], 1):>6} "
                      f"{_fmt(e['p99_jct'], 1):>6} {_fmt(e['makespan'], 0):>9} {util} "
                      f"{e['decisions_per_s']['mean']:>9.0f} {diff:>26}{flag}")
     b = res["bound"]["avg_jct"]

@@ -25,6 +25,16 @@ class EpisodeMetrics:
     unfinished: int
     jct: np.ndarray  # per task, for CDFs
     in_system: np.ndarray  # per slot end
+    # Deadlines (defaults: an episode without deadline tasks, as every episode was before them).
+    deadline_tasks: int = 0  # tasks with a deadline (best-effort tasks have none)
+    deadline_ratio: float = float("nan")  # met / deadline_tasks; nan when no task has a deadline
+    declined: int = 0  # tasks an agent declined (admission control), with or without a deadline
+    lateness: float = float("nan")  # mean slots late of the tasks that finished late; nan when none
+
+    @property
+    def has_deadlines(self) -> bool:
+        """Whether this episode has anything the deadline metrics measure."""
+        return self.deadline_tasks > 0 or self.declined > 0
 
     def scalars(self) -> dict[str, float]:
         out = {"avg_jct": self.avg_jct, "p50_jct": self.p50_jct, "p95_jct": self.p95_jct,
@@ -32,6 +42,35 @@ class EpisodeMetrics:
                "decisions_per_s": self.decisions_per_s}
         out.update({f"util_{r}": u for r, u in self.utilisation.items()})
         return out
+
+
+def deadline_outcomes(records: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per task: (has a deadline, met it, slots late). A task meets its deadline iff it finished
+    and finish < deadline (the deadline falls during slot `deadline`, so finishing at the end of
+    the slot before it is in time); declined, late and unfinished tasks with a deadline missed it.
+    Slots late = finish + 1 - deadline for a task that finished late (>= 1), else -1.
+
+    The engine's "met" and "lateness" records are used when present; records without them (older
+    engines, replays, hand-made ones) are computed from "finish" and "deadline", and records
+    without "deadline" have no deadline task."""
+    n = len(records["jct"])
+    if "deadline" not in records:
+        return np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64)
+    deadline = np.asarray(records["deadline"], dtype=np.int64)
+    finish = np.asarray(records["finish"], dtype=np.int64)
+    has = deadline >= 0
+    if "met" in records:
+        met = np.asarray(records["met"], dtype=bool) & has
+    else:
+        met = has & (finish >= 0) & (finish < deadline)
+    if "lateness" in records:
+        late = np.where(has, np.asarray(records["lateness"], dtype=np.int64), -1)
+    else:
+        late = np.where(has & (finish >= 0) & (finish >= deadline), finish + 1 - deadline, -1)
+    if "declined" in records:  # a declined task never finished: it can neither meet nor be late
+        gone = np.asarray(records["declined"], dtype=bool)
+        met, late = met & ~gone, np.where(gone, -1, late)
+    return has, met, late
 
 
 def episode_metrics(result: EpisodeResult, resources: tuple[str, ...], capacity: np.ndarray) -> EpisodeMetrics:
@@ -42,13 +81,17 @@ def episode_metrics(result: EpisodeResult, resources: tuple[str, ...], capacity:
     makespan = int(finished.max() + 1) if (finished >= 0).any() else 0
     busy = result.busy[:makespan] if makespan else result.busy
     util = busy.mean(axis=0) / np.maximum(capacity, 1) if busy.size else np.zeros(len(resources))
+    has, met, late = deadline_outcomes(result.records)
+    late = late[late >= 1]
     return EpisodeMetrics(
         seed=result.seed, avg_jct=float(done.mean()) if done.size else float("nan"),
         p50_jct=float(pct[0]), p95_jct=float(pct[1]), p99_jct=float(pct[2]), makespan=makespan,
         utilisation={r: float(u) for r, u in zip(resources, util)},
         decisions_per_s=result.decisions / result.decide_seconds if result.decide_seconds > 0 else float("inf"),
         invalid_actions=result.invalid_actions, truncated=result.truncated,
-        unfinished=int((jct < 0).sum()), jct=jct, in_system=result.in_system)
+        unfinished=result.unfinished, jct=jct, in_system=result.in_system,
+        deadline_tasks=int(has.sum()), deadline_ratio=float(met.sum() / has.sum()) if has.any() else float("nan"),
+        declined=result.declined, lateness=float(late.mean()) if late.size else float("nan"))
 
 
 def mean_ci(values: np.ndarray | list[float], level: float = 0.95) -> tuple[float, float, float]:

@@ -1,4 +1,5 @@
-"""PNG plots of an evaluation: bars with CIs, the JCT CDF, tasks in the system over time."""
+"""PNG plots of an evaluation: bars with CIs, the JCT CDF, tasks in the system over time, and
+(for a scenario with deadlines) the deadline satisfaction ratio."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-PLOT_FILES = ("avg_jct.png", "jct_cdf.png", "in_system.png")  # what write_plots writes, in order
+PLOT_FILES = ("avg_jct.png", "jct_cdf.png", "in_system.png")  # what write_plots always writes, in order
+DEADLINE_PLOT = "deadline_ratio.png"  # written after them when the results have deadline metrics
 
 
 def _pyplot():
@@ -70,4 +72,26 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     ax.set_title(f"{results['scenario']}: tasks in the system over time")
     ax.legend(fontsize=8)
     paths.append(_save(plt, fig, out_dir / PLOT_FILES[2]))
+    if any("deadline_ratio" in res[n] for n in names):
+        paths.append(_deadline_plot(plt, results, out_dir / DEADLINE_PLOT))
     return paths
+
+
+def _deadline_plot(plt, results: dict, path: Path) -> Path:
+    """Deadline satisfaction ratio per policy, best (highest) first, with 95% CIs. A policy whose
+    episodes had no deadline task has no ratio and no bar."""
+    res = results["policies"]
+    ratio = {n: res[n]["deadline_ratio"] for n in res if n != "bound" and np.isfinite(res[n]["deadline_ratio"]["mean"])}
+    names = sorted(ratio, key=lambda n: -ratio[n]["mean"])
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
+    if names:
+        means = [ratio[n]["mean"] for n in names]
+        err = np.array([[m - ratio[n]["ci95"][0], ratio[n]["ci95"][1] - m] for n, m in zip(names, means)]).T
+        ax.bar(names, means, yerr=err, capsize=4, color="tab:green")
+    else:
+        ax.text(0.5, 0.5, "no task had a deadline", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("deadline satisfaction ratio, 95% CI\n(higher is better)")
+    ax.set_title(f"{results['scenario']}: {len(results['seeds'])} seeds; declined and late tasks missed")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    return _save(plt, fig, path)

@@ -8,7 +8,16 @@ Semantics follow DESIGN.md "Reference semantics" exactly:
 * two agents that pick the same task in one round conflict; the lowest agent index wins (the
   learned policy resolves conflicts itself before acting, this is the rule for any residue);
 * at the end of a slot, in this order: rewards (minus the tasks in each cluster), ageing,
-  progress and finishing, arrivals, queues refilling windows.
+  progress and finishing, deadline misses, the next slot's capacities (a node whose capacity
+  shrinks below what its tasks hold preempts or shrinks them, `Scenario.on_shrink`), arrivals,
+  queues refilling windows.
+
+Beyond the reference mode (issue 14): an agent may decline a waiting task when the scenario
+allows admission control (it leaves the system and counts as missed); a task on an edge node runs
+at its type's `edge_speed`; a re-allocated or restarted task makes no progress for the scenario's
+`restart_seconds` (`migration_seconds` when it restarts on the other kind of node). Every task
+ends finished, declined or (truncated episodes) unfinished, exactly once; no node ever holds more
+than its current capacity.
 
 No torch object is built here; everything is a numpy array indexed by task id. Task arrays
 have one extra row (index `T`) that serves as the "empty place" sentinel of windows and
@@ -20,19 +29,23 @@ from __future__ import annotations
 from collections import deque
 import numpy as np
 
+from tapfinger.sim.capacity import node_capacity_at
 from tapfinger.sim.progress import finished, progress_step
 from tapfinger.sim.scenario import Scenario
 from tapfinger.sim.tables import static_tables
-from tapfinger.sim.workload import Workload, make_workload, no_tasks
+from tapfinger.sim.workload import Workload, make_workload
 
-WAITING_NOT_ARRIVED, WAITING, RUNNING, FINISHED = 0, 1, 2, 3
+from tapfinger.sim.snapshots import Snapshots
+from tapfinger.sim.tiers import DECLINED, FINISHED, RUNNING, WAITING, WAITING_NOT_ARRIVED, TierEvents
+
+__all__ = ["DECLINED", "FINISHED", "RUNNING", "WAITING", "WAITING_NOT_ARRIVED", "Engine", "InvalidActionError"]
 
 
 class InvalidActionError(ValueError):
     """An action that the masks forbid, raised in strict mode."""
 
 
-class Engine:
+class Engine(TierEvents, Snapshots):
     """One episode of a scenario. `reset(seed)`, then `play_round(...)` until `done`."""
 
     def __init__(self, scenario: Scenario, strict: bool = False):
@@ -76,7 +89,13 @@ class Engine:
         self.first_alloc = np.zeros((T + 1, self.R), dtype=np.int64)
         self.progress = np.zeros(T + 1)
         self.switches = np.zeros(T + 1, dtype=np.int64)
-        self.node_free = self.static.node_capacity.copy()
+        self.overhead = np.zeros(T + 1)  # seconds of restart still to pay before progress resumes
+        self.preemptions = np.zeros(T + 1, dtype=np.int64)
+        self.last_kind = np.full(T + 1, -1, dtype=np.int64)  # kind of the node it last ran on
+        self.declined_at = np.full(T + 1, -1, dtype=np.int64)
+        self.miss_counted = np.zeros(T + 1, dtype=bool)
+        self.node_capacity_now = node_capacity_at(self.scenario, 0)
+        self.node_free = self.node_capacity_now.copy()
         self.window = np.full((self.N, self.W), self.empty, dtype=np.int64)
         self.running = np.full((self.N, self.M), self.empty, dtype=np.int64)
         self.num_running = np.zeros(self.N, dtype=np.int64)
@@ -86,6 +105,9 @@ class Engine:
         self.round = 0
         self.next_arrival = 0  # index of the next task to arrive
         self.finished_count = 0
+        self.declined_count = 0
+        self.slot_declines = np.zeros(self.N)  # misses by decline this slot, per cluster that saw them
+        self.last_misses = np.zeros(self.N)
         self.invalid_actions = np.zeros(self.N, dtype=np.int64)
         self.conflicts = np.zeros(self.N, dtype=np.int64)
         self.rounds_total = 0
@@ -150,15 +172,17 @@ class Engine:
         live = ids != self.empty
         np.add.at(used, self.node[ids[live]], new[live])
         own = self.static.cluster_nodes[agent, : self.static.nodes_per_cluster[agent]]
-        if np.any(used[own] > self.static.node_capacity[own]):
-            return "re-allocations exceed a node's capacity"
+        if np.any(used[own] > self.node_capacity_now[own]):
+            return "re-allocations exceed a node's current capacity"
         return None
 
     # ------------------------------------------------------------------ one round
     def play_round(self, task: np.ndarray, node: np.ndarray, alloc: np.ndarray,
-                   realloc: np.ndarray | None = None) -> bool:
+                   realloc: np.ndarray | None = None, decline: np.ndarray | None = None) -> bool:
         """Apply one round. task[i] = window place or -1; node[i] local node; alloc[i] [R];
-        realloc[i] [M, R] with -1 = keep (or None). Returns True if the slot ended."""
+        realloc[i] [M, R] with -1 = keep (or None); decline[i] = window place to decline or -1 (or
+        None). Each agent in index order: its re-allocation, its start, its decline. Returns True
+        if the slot ended (a round in which no agent started or declined a task)."""
         if self.done:
             raise RuntimeError("episode is over; call reset()")
         self.round += 1
@@ -174,23 +198,46 @@ class Engine:
                 else:
                     self._reject(i, problem)
             pos = int(task[i])
-            if pos < 0:
-                continue
-            t = int(window_at_round_start[i, pos]) if 0 <= pos < self.W else self.empty
-            if t != self.empty and t in claimed:
-                self.conflicts[i] += 1  # lost to a lower agent index this round
-                continue
-            problem = self.start_problem(i, pos, int(node[i]), alloc[i])
-            if problem is not None:
-                self._reject(i, problem)
-                continue
-            self._start(i, t, int(node[i]), alloc[i])
-            claimed.add(t)
-            started_any = True
+            if pos >= 0:
+                t = int(window_at_round_start[i, pos]) if pos < self.W else self.empty
+                if t != self.empty and t in claimed:
+                    self.conflicts[i] += 1  # lost to a lower agent index this round
+                else:
+                    problem = self.start_problem(i, pos, int(node[i]), alloc[i])
+                    if problem is not None:
+                        self._reject(i, problem)
+                    else:
+                        self._start(i, t, int(node[i]), alloc[i])
+                        claimed.add(t)
+                        started_any = True
+            dpos = -1 if decline is None else int(decline[i])
+            if dpos >= 0:
+                t = int(window_at_round_start[i, dpos]) if dpos < self.W else self.empty
+                if dpos == pos:
+                    self._reject(i, f"window place {dpos} is both started and declined")
+                    continue
+                if t != self.empty and t in claimed:
+                    self.conflicts[i] += 1
+                    continue
+                problem = self.decline_problem(i, dpos)
+                if problem is not None:
+                    self._reject(i, problem)
+                    continue
+                self._decline(i, int(self.window[i, dpos]))
+                claimed.add(t)
+                started_any = True
         if not started_any:
             self._end_slot()
             return True
         return False
+
+    def _leave_windows(self, t: int) -> None:
+        for c in np.flatnonzero(self.visible[t]):
+            self.num_waiting[c] -= 1
+            hit = np.flatnonzero(self.window[c] == t)
+            if hit.size:
+                self.window[c, hit[0]] = self.empty  # the place stays empty until the slot ends
+            # queue entries are dropped lazily when the queue refills the window
 
     def _reject(self, agent: int, problem: str) -> None:
         if self.strict:
@@ -207,20 +254,21 @@ class Engine:
 
     def _start(self, agent: int, t: int, node_local: int, alloc: np.ndarray) -> None:
         gnode = self.static.cluster_nodes[agent, node_local]
+        kind = int(self.static.node_kind[gnode])
+        if self.preemptions[t]:  # a restart: ElasticFlow's restart cost, or a migration's
+            moved = self.last_kind[t] != kind
+            self.overhead[t] = self.scenario.migration_seconds if moved else self.scenario.restart_seconds
+        else:
+            self.start[t] = self.slot
+            self.first_alloc[t] = alloc
+        self.last_kind[t] = kind
         self.status[t] = RUNNING
-        self.start[t] = self.slot
         self.cluster[t] = agent
         self.node[t] = gnode
         self.alloc[t] = alloc
         self.prev_alloc[t] = alloc  # a fresh start is not a switch
-        self.first_alloc[t] = alloc
         self.node_free[gnode] -= alloc
-        for c in np.flatnonzero(self.visible[t]):
-            self.num_waiting[c] -= 1
-            hit = np.flatnonzero(self.window[c] == t)
-            if hit.size:
-                self.window[c, hit[0]] = self.empty  # the place stays empty until the slot ends
-            # queue entries are dropped lazily when the queue refills the window
+        self._leave_windows(t)
         place = int(np.flatnonzero(self.running[agent] == self.empty)[0])
         self.running[agent, place] = t
         self.num_running[agent] += 1
@@ -233,10 +281,13 @@ class Engine:
         run_ids = self.running[self.running != self.empty]
         if run_ids.size:
             self._progress(run_ids)
+        self._count_misses()
         self.slot += 1
         self.round = 0
+        if self.scenario.capacity_varies:
+            self._change_capacity(node_capacity_at(self.scenario, self.slot))
         self._arrive()
-        if self.next_arrival >= self.T and self.finished_count == self.T:
+        if self.next_arrival >= self.T and self.finished_count + self.declined_count == self.T:
             self.done = True
         elif self.slot >= self.scenario.max_slots:
             self.done = True
@@ -250,17 +301,35 @@ class Engine:
         g = np.minimum(alloc[:, st.gpu], st.grid_max[st.gpu])
         p = self.progress[ids]
         dp = progress_step(st.weight[ttype, c, g], st.base[ttype, c, g], p, self.work[ids])
-        dp[(alloc < st.type_min[ttype]).any(axis=1)] = 0.0  # below minimum: no progress
+        below = (alloc < st.type_min[ttype]).any(axis=1)
+        dp[below] = 0.0  # below minimum: no progress
         # Only a task present at the previous slot end can have switched: one started in this
         # slot and re-allocated in a later round of it has no previous allocation to differ from.
         switched = (alloc != self.prev_alloc[ids]).any(axis=1) & (self.start[ids] < self.slot)
         dp[switched] *= self.scenario.switch_weight
         self.switches[ids[switched]] += 1
+        if self.scenario.restart_seconds or self.scenario.migration_seconds:
+            # an elastic resize restarts the job (ElasticFlow): no progress until the restart is paid
+            over = self.overhead[ids]
+            over[switched] = np.maximum(over[switched], self.scenario.restart_seconds)
+            slot_s = self.scenario.slot_seconds
+            dp *= np.clip(1.0 - over / slot_s, 0.0, 1.0)
+            self.overhead[ids] = np.where(below, over, np.maximum(over - slot_s, 0.0))
+        dp *= st.node_speed[ttype, self.node[ids]]
         self.progress[ids] = p + dp
         self.prev_alloc[ids] = alloc
         done = ids[finished(self.progress[ids])]
         for t in done:
             self._finish(int(t))
+
+    def _enqueue(self, t: int) -> None:
+        for c in np.flatnonzero(self.visible[t]):
+            self.num_waiting[c] += 1
+            free = np.flatnonzero(self.window[c] == self.empty)
+            if free.size:
+                self.window[c, free[0]] = t
+            else:
+                self.queues[c].append(t)
 
     def _finish(self, t: int) -> None:
         self.status[t] = FINISHED
@@ -278,13 +347,7 @@ class Engine:
             t = self.next_arrival
             self.next_arrival += 1
             self.status[t] = WAITING
-            for c in np.flatnonzero(self.visible[t]):
-                self.num_waiting[c] += 1
-                free = np.flatnonzero(self.window[c] == self.empty)
-                if free.size:
-                    self.window[c, free[0]] = t
-                else:
-                    self.queues[c].append(t)
+            self._enqueue(t)
         for c in range(self.N):
             q = self.queues[c]
             if not q:
@@ -296,65 +359,3 @@ class Engine:
                 if self.status[t] == WAITING:  # started elsewhere: dropped lazily here
                     self.window[c, free[k]] = t
                     k += 1
-
-    # ------------------------------------------------------------------ forks
-    # Per-task arrays, each with the sentinel row last: what `fork` carries over for arrived tasks.
-    _TASK_ARRAYS = ("task_type", "arrival", "work", "work_estimate", "deadline", "visible", "vis_count", "status", "age", "start",
-                    "finish", "cluster", "node", "alloc", "prev_alloc", "first_alloc", "progress", "switches")
-
-    def fork(self, future: Workload | None = None, work: np.ndarray | None = None) -> "Engine":
-        """A copy of this episode's present with another future: the tasks that have arrived (in every
-        state, with their progress, places and the free resources), followed by `future`'s tasks (their
-        arrival slots must lie after the current slot), or by none. `work` replaces the arrived tasks'
-        work (a planner's belief: the estimates, not the truth). The copy shares nothing mutable with
-        this engine, so a planner may play it forward freely; its metrics count the arrived tasks too."""
-        A = self.next_arrival
-        fut = future if future is not None else no_tasks(self.N)
-        if fut.num_tasks and int(fut.arrival_slot.min()) <= self.slot:
-            raise ValueError(f"a fork's future tasks must arrive after slot {self.slot}")
-        eng = Engine.__new__(Engine)
-        eng.__dict__.update({k: v for k, v in self.__dict__.items() if not isinstance(v, np.ndarray)})
-        eng.T = T = A + fut.num_tasks
-        eng.empty = T
-        head = np.r_[np.arange(A), self.empty]  # the arrived tasks, then the sentinel row
-        for name in self._TASK_ARRAYS:
-            old = getattr(self, name)[head]
-            extra = np.zeros((fut.num_tasks, *old.shape[1:]), dtype=old.dtype)
-            setattr(eng, name, np.concatenate([old[:A], extra, old[A:]]))
-        eng.task_type[A:T], eng.arrival[A:T] = fut.task_type, fut.arrival_slot
-        eng.work[A:T], eng.work_estimate[A:T] = fut.work, fut.known_work
-        eng.deadline[A:T], eng.visible[A:T] = fut.deadline, fut.visible
-        eng.vis_count = eng.visible.sum(axis=1)
-        eng.start[A:T] = eng.finish[A:T] = eng.cluster[A:T] = eng.node[A:T] = -1
-        if work is not None:
-            eng.work[:A] = work[:A]
-        eng.workload = Workload(arrival_slot=eng.arrival[:T].copy(), task_type=eng.task_type[:T].copy(),
-                                visible=eng.visible[:T].copy(), work=eng.work[:T].copy(),
-                                deadline=eng.deadline[:T].copy(), work_estimate=eng.work_estimate[:T].copy())
-        eng.window = np.where(self.window == self.empty, T, self.window)
-        eng.running = np.where(self.running == self.empty, T, self.running)
-        eng.queues = [deque(q) for q in self.queues]
-        for name in ("node_free", "num_running", "num_waiting", "invalid_actions", "conflicts", "last_rewards"):
-            setattr(eng, name, getattr(self, name).copy())
-        eng.done = eng.next_arrival >= T and eng.finished_count == T
-        return eng
-
-    # ------------------------------------------------------------------ records
-    def task_records(self) -> dict[str, np.ndarray]:
-        """One row per task: arrival, start, finish, cluster, node, allocation, JCT."""
-        T = self.T
-        jct = np.where(self.status[:T] == FINISHED, self.age[:T], -1)
-        return {
-            "task": np.arange(T),
-            "type": self.task_type[:T].copy(),
-            "arrival": self.arrival[:T].copy(),
-            "start": self.start[:T].copy(),
-            "finish": self.finish[:T].copy(),
-            "cluster": self.cluster[:T].copy(),
-            "node": self.node[:T].copy(),
-            "alloc": self.first_alloc[:T].copy(),
-            "jct": jct,
-            "switches": self.switches[:T].copy(),
-            "deadline": self.deadline[:T].copy(),
-        }
-

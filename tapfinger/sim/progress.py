@@ -142,6 +142,19 @@ def synthetic_tables(gpu_scale: float, base: float, cpu_max: int, gpu_max: int) 
     return weight, np.full((cpu_max + 1, gpu_max + 1), float(base))
 
 
+def throughput_tables(gpus: tuple[int, ...], iterations_per_second: tuple[float, ...], iterations: float,
+                      cpu_max: int, gpu_max: int, slot_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Throughput-vs-GPUs model (ElasticFlow's measured tables): B[c, g] = slot · ips(g) / iterations,
+    W = 0. ips is linear between the listed GPU counts, flat beyond the last (scaling that has
+    stopped stays stopped: no extrapolated gain), and proportional below the first (ips(0) = 0).
+    CPUs do not change the speed; the task type's CPU minimum still applies (the engine's check)."""
+    xs = np.concatenate([[0.0], np.asarray(gpus, dtype=np.float64)])
+    ys = np.concatenate([[0.0], np.asarray(iterations_per_second, dtype=np.float64)])
+    ips = np.interp(np.arange(gpu_max + 1, dtype=np.float64), xs, ys)  # flat beyond the last point
+    row = slot_seconds * ips / float(iterations)
+    return np.zeros((cpu_max + 1, gpu_max + 1)), np.broadcast_to(row, (cpu_max + 1, gpu_max + 1)).copy()
+
+
 def profile_tables(table: ProfileTable, task: str, minimum_cpu: int, minimum_gpu: int,
                    cpu_max: int, gpu_max: int, slot_seconds: float,
                    startup_seconds: float) -> tuple[np.ndarray, np.ndarray]:

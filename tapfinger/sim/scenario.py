@@ -21,7 +21,11 @@ from tapfinger.sim.textfile import read_text
 
 VISIBILITY_MODES = ("random-subset", "all", "home")
 ARRIVAL_PROCESSES = ("poisson", "trace")
-PROGRESS_MODELS = ("synthetic", "profile")
+PROGRESS_MODELS = ("synthetic", "profile", "throughput")
+CLUSTER_KINDS = ("edge", "cloud")
+CAPACITY_CURVES = ("constant", "tidal", "csv")
+SHRINK_RULES = ("preempt", "shrink")
+DEADLINE_RULES = ("none", "elasticflow")
 # Resources every progress model is indexed by; others (e.g. `mem`) are requirements only.
 SPEED_RESOURCES = ("cpu", "gpu")
 SHARED_DATA_ENV = "TAPFINGER_SHARED_DATA"
@@ -46,6 +50,11 @@ class ProgressSpec:
     gpu_scale: float = 0.0  # synthetic: W = tanh(g / gpu_scale); 0 means W = 0
     base: float = 0.0  # synthetic: constant progress per slot
     profile_task: str = ""  # profile: the task's name in the profile table
+    # throughput: iterations per second on one cloud GPU at each GPU count (ElasticFlow's tables),
+    # linear in between and flat beyond the last; a task is `iterations` iterations of work.
+    gpus: tuple[int, ...] = ()
+    iterations_per_second: tuple[float, ...] = ()
+    iterations: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -53,12 +62,49 @@ class TaskType:
     name: str
     minimum: tuple[int, ...]
     progress: ProgressSpec
+    # Throughput on an edge node = edge_speed x throughput on the cloud (EdgeFlow's lambda_i).
+    edge_speed: float = 1.0
+    # The allocation a user requests (ElasticFlow's "requested GPUs"): what a deadline rule measures
+    # the task's duration at. Empty = the minimum.
+    request: tuple[int, ...] = ()
+
+    def requested(self) -> tuple[int, ...]:
+        return self.request or self.minimum
+
+
+@dataclass(frozen=True)
+class CapacitySchedule:
+    """The share of a cluster's capacity available over time (`capacity = {...}` of a cluster).
+
+    `constant`: all of it, always. `tidal`: the owner's own load follows the day,
+    load(t) = peak_load * (trough_ratio + (1 - trough_ratio) * (1 + cos(2 pi (t - peak_seconds) / period_seconds)) / 2),
+    so at `peak_seconds` the load is `peak_load` and half a period later `peak_load * trough_ratio`
+    (EdgeFlow: edge load at midnight is about 1/50 of the peak); the available share is 1 - load.
+    `csv`: a step function read from a file of (time_seconds, available) rows, each value holding
+    until the next row (the first row's time must be 0). t is seconds since the episode's start
+    plus `start_seconds`. `tapfinger/sim/capacity.py` turns the share into node capacities."""
+
+    curve: str = "constant"
+    period_seconds: float = 86_400.0
+    peak_load: float = 0.0
+    trough_ratio: float = 1.0
+    peak_seconds: float = 0.0
+    start_seconds: float = 0.0
+    file: str = ""  # csv: the resolved path
+    times: tuple[float, ...] = ()  # csv: the rows, read on load
+    shares: tuple[float, ...] = ()
+
+    @property
+    def varies(self) -> bool:
+        return self.curve != "constant"
 
 
 @dataclass(frozen=True)
 class Cluster:
     name: str
     nodes: tuple[tuple[int, ...], ...]
+    kind: str = "edge"  # "edge" or "cloud": task types run at their edge_speed on edge nodes
+    capacity_schedule: CapacitySchedule = field(default_factory=CapacitySchedule)
 
     def capacity(self) -> tuple[int, ...]:
         return tuple(sum(col) for col in zip(*self.nodes))
@@ -96,6 +142,21 @@ class Uncertainty:
 
 
 @dataclass(frozen=True)
+class Deadlines:
+    """How Poisson tasks (and trace rows without a deadline) get a deadline (`[deadlines]`).
+
+    `elasticflow` (ElasticFlow's rule): deadline = arrival + floor(U(slack_low, slack_high) x duration),
+    duration = the slots the task needs alone at its type's requested allocation on a cloud node
+    (at least one slot); a share `1 - fraction` of the tasks is best-effort (no deadline). Drawn from
+    a stream of its own, so the arrivals of a seed are those of the scenario without deadlines."""
+
+    rule: str = "none"
+    slack_low: float = 0.5
+    slack_high: float = 1.5
+    fraction: float = 1.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     resources: tuple[str, ...]
@@ -116,6 +177,16 @@ class Scenario:
     # policy meets, not the observations, profile or rules it was built for, so a policy trained
     # on hetero-6 can be measured on hetero-6-uncertain.
     uncertainty: Uncertainty = field(default_factory=Uncertainty)
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    # Admission control: agents may decline a waiting task (it leaves the system, counted as missed).
+    allow_decline: bool = False
+    # What happens when a node's capacity shrinks below what its running tasks hold.
+    on_shrink: str = "preempt"
+    # Seconds of no progress after a running task's allocation changes, or a preempted task restarts
+    # (ElasticFlow: a few seconds plus ~27 s); and after a restart on the other kind of node (cloud
+    # <-> edge: EdgeFlow's migration takes minutes).
+    restart_seconds: float = 0.0
+    migration_seconds: float = 0.0
     source: str = field(default="<built-in>", compare=False)
 
     @property
@@ -128,6 +199,10 @@ class Scenario:
 
     def resource_index(self, name: str) -> int:
         return self.resources.index(name)
+
+    @property
+    def capacity_varies(self) -> bool:
+        return any(c.capacity_schedule.varies for c in self.clusters)
 
     def with_overrides(self, **changes: Any) -> "Scenario":
         return replace(self, **changes)
@@ -191,7 +266,8 @@ def parse_scenario(data: dict, source: str, base_dir: Path | None = None,
 # What the fingerprint covers, in words (for messages that refuse a checkpoint or an exported file).
 FINGERPRINT_COVERS = ("resources, clusters and nodes, task types (minimums and progress models, with the "
                       "profile table's content), grid, window, visibility, switch weight, preemption, slot "
-                      "and start-up seconds")
+                      "and start-up seconds; and where set: cluster kinds, edge speeds, throughput tables, capacity "
+                      "schedules, decline, on_shrink, restart and migration seconds")
 
 
 def _profile_digest(scenario: Scenario) -> str:
@@ -226,7 +302,33 @@ def fingerprint_parts(scenario: Scenario) -> dict[str, Any]:
         "preemption": bool(scenario.allow_preemption),
         "slot seconds": float(scenario.slot_seconds),
         "start-up seconds": float(scenario.startup_seconds),
+        **_tier_parts(scenario),
     }
+
+
+def _tier_parts(scenario: Scenario) -> dict[str, Any]:
+    """The cloud-edge settings that a policy depends on, each only where it differs from its default,
+    so that every scenario without them keeps the fingerprint its shipped checkpoint stores."""
+    parts: dict[str, Any] = {}
+    if any(c.kind != "edge" for c in scenario.clusters):
+        parts["cluster kinds"] = tuple(c.kind for c in scenario.clusters)
+    if any(t.edge_speed != 1.0 for t in scenario.task_types):
+        parts["edge speeds"] = tuple(float(t.edge_speed) for t in scenario.task_types)
+    if any(t.progress.model == "throughput" for t in scenario.task_types):
+        parts["throughput tables"] = tuple((t.progress.gpus, t.progress.iterations_per_second,
+                                            float(t.progress.iterations)) for t in scenario.task_types)
+    if scenario.capacity_varies:
+        # the curve's content, not the path of its CSV
+        parts["capacity schedules"] = tuple(
+            (cs.curve, cs.period_seconds, cs.peak_load, cs.trough_ratio, cs.peak_seconds, cs.start_seconds,
+             cs.times, cs.shares) for cs in (c.capacity_schedule for c in scenario.clusters))
+    if scenario.allow_decline:
+        parts["decline"] = True
+    if scenario.capacity_varies and scenario.on_shrink != "preempt":
+        parts["on shrink"] = scenario.on_shrink
+    if scenario.restart_seconds or scenario.migration_seconds:
+        parts["restart and migration seconds"] = (float(scenario.restart_seconds), float(scenario.migration_seconds))
+    return parts
 
 
 def scenario_fingerprint(scenario: Scenario) -> str:

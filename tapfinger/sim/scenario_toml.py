@@ -1,7 +1,8 @@
 """Reading a scenario's TOML tables into a `Scenario`, with errors that name file, key and fix.
 
 `parse_scenario` reads one table at a time (the top-level keys, `[[clusters]]`, `[[task_types]]`
-with their `progress`, `[arrivals]`, `profile`, `[uncertainty]`), each in its own function. The order is fixed
+with their `progress`, `[arrivals]`, `profile`, `[deadlines]`, `[uncertainty]`), each in its own function;
+the cloud-edge and deadline keys are read by `tapfinger.sim.scenario_toml_tiers`. The order is fixed
 (and was the order of the single function this replaced): a file with several mistakes always
 reports the same one first. docs/scenario-format.md documents every key.
 """
@@ -12,13 +13,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tapfinger.sim.scenario import (ARRIVAL_PROCESSES, MAX_RATE, MAX_SIGMA, MAX_SLOTS, MAX_TASKS, PROGRESS_MODELS,
-                                    SPEED_RESOURCES, VISIBILITY_MODES, Arrivals, Cluster, ProgressSpec, Scenario,
-                                    ScenarioError, TaskType, Uncertainty, resolve_data_path)
+from tapfinger.sim import scenario_toml_tiers as tiers
+from tapfinger.sim.scenario import (ARRIVAL_PROCESSES, CLUSTER_KINDS, MAX_RATE, MAX_SIGMA, MAX_SLOTS, MAX_TASKS,
+                                    PROGRESS_MODELS, SPEED_RESOURCES, VISIBILITY_MODES, Arrivals, Cluster, ProgressSpec,
+                                    Scenario, ScenarioError, TaskType, Uncertainty, resolve_data_path)
 
 TOP_LEVEL_KEYS = {"name", "description", "resources", "clusters", "task_types", "arrivals", "grid_max",
                   "visibility", "window_size", "slot_seconds", "switch_weight", "allow_preemption",
-                  "profile", "startup_seconds", "max_slots", "uncertainty"}
+                  "profile", "startup_seconds", "max_slots", "uncertainty",
+                  # issue 14: deadlines and the cloud-edge tier (read in scenario_toml_tiers)
+                  "allow_decline", "on_shrink", "restart_seconds", "migration_seconds", "deadlines"}
 
 
 class _Reader:
@@ -110,16 +114,18 @@ def parse_scenario(data: dict, source: str, base_dir: Path | None = None,
     name = rd.get(data, "name", "", str)
     resources = _resources(rd, data)
     grid_max = rd.per_resource(data, "grid_max", "", resources, low=1)
-    clusters = _clusters(rd, data, resources)
+    clusters = _clusters(rd, data, resources, base_dir, resolve_files)
     task_types = _task_types(rd, data, resources, grid_max)
     arrivals = _arrivals(rd, data, base_dir, resolve_files)
     profile = _profile(rd, data, task_types, base_dir, resolve_files)
-    settings = _settings(rd, data)
+    settings = _settings(rd, data) | tiers.tier_settings(rd, data)
+    deadlines = tiers.deadlines(rd, data)
     uncertainty = _uncertainty(rd, data, task_types)
     scen = Scenario(name=name, resources=resources, clusters=clusters, task_types=task_types,
                     arrivals=arrivals, grid_max=grid_max, profile=profile, source=source,
-                    uncertainty=uncertainty, **settings)
+                    uncertainty=uncertainty, deadlines=deadlines, **settings)
     _check_startable(scen, rd)
+    _check_requests(scen, rd)
     _check_arrival_span(scen, rd)
     return scen
 
@@ -136,22 +142,24 @@ def _resources(rd: _Reader, data: dict) -> tuple[str, ...]:
     return tuple(res)
 
 
-def _clusters(rd: _Reader, data: dict, resources: tuple[str, ...]) -> tuple[Cluster, ...]:
+def _clusters(rd: _Reader, data: dict, resources: tuple[str, ...], base_dir: Path | None,
+              resolve_files: bool) -> tuple[Cluster, ...]:
     """`[[clusters]]`: at least one, distinct names, each with at least one node."""
     clusters_raw = rd.get(data, "clusters", "", list, fix="add one [[clusters]] table per cluster")
     if not clusters_raw:
         raise rd.fail("clusters", "is empty", "add at least one [[clusters]] table")
-    clusters = tuple(_cluster(rd, c, i, resources) for i, c in enumerate(clusters_raw))
+    clusters = tuple(_cluster(rd, c, i, resources, base_dir, resolve_files) for i, c in enumerate(clusters_raw))
     if len({c.name for c in clusters}) != len(clusters):
         raise rd.fail("clusters", "cluster names repeat", "give every cluster a distinct name")
     return clusters
 
 
-def _cluster(rd: _Reader, table: Any, i: int, resources: tuple[str, ...]) -> Cluster:
+def _cluster(rd: _Reader, table: Any, i: int, resources: tuple[str, ...], base_dir: Path | None,
+             resolve_files: bool) -> Cluster:
     path = f"clusters[{i}]"
     if not isinstance(table, dict):
         raise rd.fail(path, "must be a table", "write [[clusters]] tables")
-    rd.unknown_keys(table, path, {"name", "nodes"})
+    rd.unknown_keys(table, path, {"name", "nodes", "kind", "capacity"})
     name = rd.get(table, "name", path, str, default=f"c{i}")
     nodes_raw = rd.get(table, "nodes", path, list, fix="add `nodes = [{cpu = 16, gpu = 16}]`")
     if not nodes_raw:
@@ -161,7 +169,8 @@ def _cluster(rd: _Reader, table: Any, i: int, resources: tuple[str, ...]) -> Clu
         if not isinstance(n, dict):
             raise rd.fail(f"{path}.nodes[{j}]", "must be an inline table", "write {cpu = 16, gpu = 16}")
         nodes.append(rd.resource_vector(n, f"{path}.nodes[{j}]", resources, low=0))
-    return Cluster(name, tuple(nodes))
+    kind = rd.choice(table, "kind", path, CLUSTER_KINDS, default="edge")
+    return Cluster(name, tuple(nodes), kind, tiers.capacity_schedule(rd, table, path, base_dir, resolve_files))
 
 
 def _task_types(rd: _Reader, data: dict, resources: tuple[str, ...],
@@ -181,7 +190,7 @@ def _task_type(rd: _Reader, table: Any, i: int, resources: tuple[str, ...], grid
     path = f"task_types[{i}]"
     if not isinstance(table, dict):
         raise rd.fail(path, "must be a table", "write [[task_types]] tables")
-    rd.unknown_keys(table, path, {"name", "minimum", "progress"})
+    rd.unknown_keys(table, path, {"name", "minimum", "progress", "edge_speed", "request"})
     name = rd.get(table, "name", path, str)
     minimum = rd.per_resource(table, "minimum", path, resources, low=0)
     for r, m, g in zip(resources, minimum, grid_max):
@@ -189,13 +198,26 @@ def _task_type(rd: _Reader, table: Any, i: int, resources: tuple[str, ...], grid
             raise rd.fail(f"{path}.minimum.{r}", f"{m} exceeds grid_max.{r} = {g}, so the task could never start",
                           f"lower the minimum or raise grid_max.{r}")
     prog = rd.get(table, "progress", path, dict)
-    return TaskType(name, minimum, _progress(rd, prog, f"{path}.progress", name))
+    progress = _progress(rd, prog, f"{path}.progress", name)
+    gpu_min = minimum[resources.index("gpu")]
+    if progress.model == "throughput" and gpu_min < 1:
+        raise rd.fail(f"{path}.minimum.gpu", f"is {gpu_min}, but a throughput model makes no progress on 0 GPUs, "
+                      f"so a task started at its minimum would never finish", "set minimum.gpu >= 1")
+    return TaskType(name, minimum, progress, edge_speed=tiers.edge_speed(rd, table, path),
+                    request=tiers.request(rd, table, path, resources, minimum, grid_max))
+
+
+_SYNTHETIC_PROFILE_KEYS = {"model", "gpu_scale", "base", "profile_task"}
 
 
 def _progress(rd: _Reader, prog: dict, ppath: str, task_name: str) -> ProgressSpec:
-    """A task type's `progress = {model = ...}`: synthetic parameters, or the profile's task name."""
-    rd.unknown_keys(prog, ppath, {"model", "gpu_scale", "base", "profile_task"})
+    """A task type's `progress = {model = ...}`: synthetic parameters, the profile's task name, or a
+    throughput table. A key of another model is refused once the model is known."""
+    rd.unknown_keys(prog, ppath, _SYNTHETIC_PROFILE_KEYS | tiers.THROUGHPUT_KEYS)
     model = rd.choice(prog, "model", ppath, PROGRESS_MODELS)
+    if model == "throughput":
+        return tiers.throughput_progress(rd, prog, ppath)
+    rd.unknown_keys(prog, f"{ppath} (model = \"{model}\")", _SYNTHETIC_PROFILE_KEYS)
     if model != "synthetic":
         return ProgressSpec(model, profile_task=rd.get(prog, "profile_task", ppath, str, default=task_name))
     spec = ProgressSpec(model, gpu_scale=float(rd.number(prog, "gpu_scale", ppath, 0.0, low=0.0)),
@@ -276,13 +298,15 @@ def _uncertainty(rd: _Reader, data: dict, task_types: tuple[TaskType, ...]) -> U
 def _check_startable(scen: Scenario, rd: _Reader) -> None:
     """Every task type must fit on a node of every cluster that may be the only one to see one
     of its tasks (any cluster, unless visibility is "all"), or that task would wait forever: the
-    episode would run to max_slots with it unfinished."""
+    episode would run to max_slots with it unfinished. A cluster whose capacity schedule never
+    makes anything available holds no task."""
     for i, t in enumerate(scen.task_types):
-        holds = [c.name for c in scen.clusters
-                 if any(all(n >= m for n, m in zip(node, t.minimum)) for node in c.nodes)]
+        holds = [c.name for c in scen.clusters if tiers.max_share(c.capacity_schedule) > 0
+                 and any(all(n >= m for n, m in zip(node, t.minimum)) for node in c.nodes)]
         if not holds:
-            raise rd.fail(f"task_types[{i}].minimum", f"task type '{t.name}' fits on no node",
-                          "lower its minimum or add a larger node")
+            raise rd.fail(f"task_types[{i}].minimum", f"task type '{t.name}' fits on no node (of a cluster whose "
+                          f"capacity schedule ever makes something available)",
+                          "lower its minimum, add a larger node, or give a cluster a schedule with capacity")
         lacking = [c.name for c in scen.clusters if c.name not in holds]
         if lacking and scen.visibility != "all":
             raise rd.fail(f"task_types[{i}].minimum",
@@ -291,6 +315,16 @@ def _check_startable(scen: Scenario, rd: _Reader) -> None:
                           f"and would then never start",
                           f"lower its minimum, give cluster(s) {lacking} a node that holds it, or set "
                           f"visibility = \"all\"")
+
+
+def _check_requests(scen: Scenario, rd: _Reader) -> None:
+    """A task type's `request` must fit on some node: a deadline rule measures the task's duration
+    at it, which would otherwise be the duration of an allocation no task can ever have."""
+    for i, t in enumerate(scen.task_types):
+        if t.request and not any(all(n >= r for n, r in zip(node, t.request))
+                                 for c in scen.clusters for node in c.nodes):
+            raise rd.fail(f"task_types[{i}].request", f"{dict(zip(scen.resources, t.request))} of task type "
+                          f"'{t.name}' fits on no node", "request no more than the largest node holds")
 
 
 def _check_arrival_span(scen: Scenario, rd: _Reader) -> None:

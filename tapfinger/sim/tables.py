@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from tapfinger.sim.progress import profile_tables, read_profile, synthetic_tables
+from tapfinger.sim.progress import profile_tables, read_profile, synthetic_tables, throughput_tables
 from tapfinger.sim.scenario import Scenario
 
 
@@ -29,6 +29,9 @@ class StaticTables:
     max_running: np.ndarray  # [N] how many tasks a cluster may run at once
     cpu: int  # index of the cpu resource
     gpu: int  # index of the gpu resource
+    node_speed: np.ndarray  # [K, num_nodes] speed factor of each type on each node (edge_speed on edge nodes)
+    node_kind: np.ndarray  # [num_nodes] 0 = edge, 1 = cloud
+    cluster_kind: np.ndarray  # [N] 0 = edge, 1 = cloud
 
     @property
     def max_nodes(self) -> int:
@@ -62,6 +65,9 @@ def static_tables(scenario: Scenario) -> StaticTables:
     for t in scenario.task_types:
         if t.progress.model == "synthetic":
             w, b = synthetic_tables(t.progress.gpu_scale, t.progress.base, c_max, g_max)
+        elif t.progress.model == "throughput":
+            w, b = throughput_tables(t.progress.gpus, t.progress.iterations_per_second, t.progress.iterations,
+                                     c_max, g_max, scenario.slot_seconds)
         else:
             w, b = profile_tables(profile, t.progress.profile_task, int(t.minimum[cpu]), int(t.minimum[gpu]),
                                   c_max, g_max, scenario.slot_seconds, scenario.startup_seconds)
@@ -79,9 +85,14 @@ def static_tables(scenario: Scenario) -> StaticTables:
         per_node = (node_capacity[:, used] // smallest[used]).sum(axis=1)
     max_running = np.asarray([int(per_node[node_cluster == ci].sum()) for ci in range(scenario.num_clusters)],
                              dtype=np.int64)
+    cluster_kind = np.asarray([1 if c.kind == "cloud" else 0 for c in scenario.clusters], dtype=np.int64)
+    node_kind = cluster_kind[node_cluster]
+    edge_speed = np.asarray([t.edge_speed for t in scenario.task_types], dtype=np.float64)
+    node_speed = np.where(node_kind[None, :] == 1, 1.0, edge_speed[:, None])
     tables = StaticTables(node_capacity, node_cluster, cluster_nodes,
                           np.asarray([len(c.nodes) for c in scenario.clusters], dtype=np.int64), type_min,
-                          np.stack(weights), np.stack(bases), grid, np.maximum(max_running, 1), cpu, gpu)
+                          np.stack(weights), np.stack(bases), grid, np.maximum(max_running, 1), cpu, gpu,
+                          node_speed, node_kind, cluster_kind)
     for value in vars(tables).values():
         if isinstance(value, np.ndarray):
             value.setflags(write=False)

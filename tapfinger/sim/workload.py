@@ -18,6 +18,7 @@ from tapfinger.sim.scenario import MAX_RATE, MAX_SIGMA, MAX_SLOTS, MAX_TASKS, Sc
 # Entropy words of the two generators of an episode (with its seed): arrivals, then hidden truth.
 ARRIVAL_STREAM = 0x7A9F
 HIDDEN_TRUTH_STREAM = 0x5EC2E7
+DEADLINE_STREAM = 0xDEAD11
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,35 @@ def make_workload(scenario: Scenario, seed: int) -> Workload:
         from tapfinger.sim.traces import trace_workload  # only trace scenarios need the reader
 
         wl = trace_workload(scenario, rng)
-    return with_hidden_truth(wl, scenario, seed)
+    return with_hidden_truth(with_deadlines(wl, scenario, seed), scenario, seed)
+
+
+def with_deadlines(wl: Workload, scenario: Scenario, seed: int) -> Workload:
+    """`wl` with the scenario's deadline rule applied to every task that has no deadline yet (a
+    trace's own `deadline_seconds` are kept). ElasticFlow's rule: deadline = arrival +
+    floor(U(slack_low, slack_high) x duration), at least one slot, where duration is the slots the
+    task needs alone at its type's requested allocation on a cloud node (its recorded work, the
+    size its user knows); a share 1 - fraction of the tasks is best-effort. Drawn from a stream of
+    its own, two uniforms per task in task order, so the arrivals are those without the rule.
+    Unchanged (the same object) when the rule is "none"."""
+    rule = scenario.deadlines
+    if rule.rule == "none" or wl.num_tasks == 0:
+        return wl
+    from tapfinger.sim.progress import slots_to_finish  # here: the tables need a built scenario
+    from tapfinger.sim.tables import static_tables
+
+    st = static_tables(scenario)
+    req = np.asarray([t.requested() for t in scenario.task_types], dtype=np.int64)[wl.task_type]
+    c = np.minimum(req[:, st.cpu], st.grid_max[st.cpu])
+    g = np.minimum(req[:, st.gpu], st.grid_max[st.gpu])
+    duration = slots_to_finish(st.weight[wl.task_type, c, g], st.base[wl.task_type, c, g],
+                               np.asarray(wl.work, dtype=np.float64))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, DEADLINE_STREAM]))
+    u = rng.random((wl.num_tasks, 2))
+    slack = rule.slack_low + (rule.slack_high - rule.slack_low) * u[:, 0]
+    offset = np.maximum(np.floor(slack * np.minimum(duration, MAX_SLOTS)), 1).astype(np.int64)
+    drawn = np.where(u[:, 1] < rule.fraction, wl.arrival_slot + offset, -1)
+    return replace(wl, deadline=np.where(wl.deadline >= 0, wl.deadline, drawn).astype(np.int64))
 
 
 def hidden_factors(scenario: Scenario, task_type: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
