@@ -80,6 +80,7 @@ class RoundInfo:
     actions: RoundActions
     slot_ended: bool
     tasks_during: int  # tasks in the system during the round: what a slot end charges (team reward)
+    missed: int = 0  # tasks that missed their deadline at this slot end (declined during it included)
 
 
 RoundCallback = Callable[[RoundInfo], None]
@@ -156,7 +157,7 @@ class EpisodeRun:
             self._rounds_in_slot = 0
         elif self._rounds_in_slot > self.max_rounds_per_slot:
             raise RuntimeError(f"policy {self.name} started tasks in {self.max_rounds_per_slot} rounds of one slot")
-        return RoundInfo(obs, act, ended, during)
+        return RoundInfo(obs, act, ended, during, eng.last_missed_tasks if ended else 0)
 
     def result(self) -> EpisodeResult:
         eng = self.engine

@@ -339,3 +339,19 @@ def test_fork_of_a_tier_episode_with_the_true_future_replays_it_exactly():
         dataclasses.replace(acts).play(f)
     assert f.done and np.array_equal(f.task_records()["finish"], b.task_records()["finish"])
     assert np.array_equal(f.task_records()["preemptions"], b.task_records()["preemptions"])
+
+
+def test_miss_penalty_charges_each_missed_task_once_in_the_team_reward():
+    from agents.learned.collect import RewardSpec
+    from envs.episode import EpisodeRun
+
+    run = EpisodeRun(scenario(), 0, workload=workload([0, 0], deadlines=[2, -1]))
+    spec = RewardSpec(scale=0.5, miss_penalty=10.0)
+    rewards = []
+    while not run.done:
+        info = run.play(RoundActions.nothing(1, 2))
+        rewards.append(spec.of(info))
+        if run.engine.slot == 3:
+            break
+    # slot ends 0, 1, 2: two tasks waiting each time; the deadline task misses at the end of slot 1
+    assert rewards == [-1.0, -(2 + 10.0) * 0.5, -1.0]

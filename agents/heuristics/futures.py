@@ -4,7 +4,8 @@ read from the episode's own future (that would be clairvoyance).
 * Poisson scenarios: the model itself. The remaining tasks of the episode (the model fixes the
   episode's task count; the planner has counted the arrivals so far) arrive from the next slot on,
   Poisson(rate) per slot, types uniform, visibility by the scenario's rule: exactly how
-  `tapfinger.sim.workload.poisson_workload` draws an episode, shifted to start after the present.
+  `tapfinger.sim.workload.poisson_workload` draws an episode, shifted to start after the present,
+  with deadlines by the scenario's rule (`apply_deadline_rule`).
 * Trace scenarios: the trace's empirical model, not its sequence. A trace replays the same rows in
   every episode, so a planner that read the rows after "now" would know the future exactly. It gets
   summary statistics instead: the mean arrival rate over the trace (tasks per slot), and the rows'
@@ -21,7 +22,8 @@ from dataclasses import replace
 import numpy as np
 
 from tapfinger.sim.scenario import Scenario
-from tapfinger.sim.workload import Workload, _visible_sets, make_workload, no_tasks, poisson_workload
+from tapfinger.sim.workload import (Workload, _visible_sets, apply_deadline_rule, make_workload, no_tasks,
+                                    poisson_workload)
 
 
 class FutureSampler:
@@ -47,7 +49,7 @@ class FutureSampler:
             # enough tasks for the horizon at any plausible draw (the rest would be cut anyway)
             enough = min(remaining, int(sc.arrivals.rate * horizon + 8 * np.sqrt(sc.arrivals.rate * horizon) + 8))
             wl = poisson_workload(sc.with_overrides(arrivals=replace(sc.arrivals, tasks=enough)), rng)
-            wl = replace(wl, arrival_slot=wl.arrival_slot + slot + 1)
+            wl = apply_deadline_rule(replace(wl, arrival_slot=wl.arrival_slot + slot + 1), sc, rng)
         else:
             wl = self._sample_trace(slot, remaining, rng, horizon)
         return _head(wl, int(np.searchsorted(wl.arrival_slot, slot + horizon, side="right")))

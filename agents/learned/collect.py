@@ -11,7 +11,9 @@ episodes share its batch: batched and one-at-a-time collection give the same epi
 The learning signal is the team reward: minus the tasks in the whole system at each slot end,
 whose sum over an episode is exactly the tasks' total completion time (so maximising it is
 minimising average JCT). The per-cluster rewards of the environment count a task visible to
-several clusters several times, which is the paper's signal but not the metric.
+several clusters several times, which is the paper's signal but not the metric. On deadline
+scenarios `RewardSpec.miss_penalty` also charges each task that misses its deadline (declined, or
+still unfinished when its deadline passes) as that many task-slots, once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ from envs.episode import EpisodeRun, RoundInfo, decide
 from tapfinger.sim.scenario import Scenario
 
 
+@dataclass(frozen=True)
+class RewardSpec:
+    """The team reward of a slot end: -scale x (tasks in the system + miss_penalty x the tasks that
+    missed their deadline at it). Rounds that do not end a slot earn 0."""
+
+    scale: float = 0.05
+    miss_penalty: float = 0.0
+
+    def of(self, info: RoundInfo) -> float:
+        return -(info.tasks_during + self.miss_penalty * info.missed) * self.scale if info.slot_ended else 0.0
+
+
 @dataclass
 class Episode:
     seed: int
@@ -37,6 +51,7 @@ class Episode:
     episodic_return: float
     unfinished: int = 0  # tasks not finished at the end (a truncated episode), never in avg_jct
     sample_seed: int = 0  # seed of the episode's action sampling
+    missed: int = 0  # tasks that missed their deadline (declined ones included)
 
     @property
     def num_rounds(self) -> int:
@@ -90,10 +105,11 @@ def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario,
 class _Env:
     """One episode of the lockstep: its run, planner, sampling generator and what it recorded."""
 
-    def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward_scale: float,
+    def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward: RewardSpec,
                  greedy_hint: bool = False):
         scenario = job.scenario_of(scenario)
-        self.scenario, self.job, self.reward_scale = scenario, job, reward_scale
+        self.scenario, self.job, self.reward = scenario, job, reward
+        self.missed = 0
         self.run = EpisodeRun(scenario, job.seed, name=job.teacher or "tapfinger")
         self.planner = RoundPlanner(scenario, acting, record_arrays=False, greedy_hint=greedy_hint)
         self.rng = np.random.default_rng(job.sample_seed)
@@ -138,19 +154,20 @@ class _Env:
             record.arrays["progress_x"] = self.run.progress_features()[None, :]
         info: RoundInfo = self.run.play(actions)
         self.rounds.append(record)
-        self.rewards.append(-info.tasks_during * self.reward_scale if info.slot_ended else 0.0)
+        self.rewards.append(self.reward.of(info))
+        self.missed += info.missed
         self.ended.append(info.slot_ended)
 
     def episode(self) -> Episode:
         result = self.run.result()
         rr = np.asarray(self.rewards, dtype=np.float64)
         return Episode(self.job.seed, self.rounds, rr, np.asarray(self.ended, dtype=bool), result.avg_jct,
-                       float(rr.sum()), result.unfinished, self.job.sample_seed)
+                       float(rr.sum()), result.unfinished, self.job.sample_seed, self.missed)
 
 
 @torch.no_grad()
 def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOptions, jobs: list[EpisodeJob],
-                     reward_scale: float = 0.05, device: str | torch.device = "cpu") -> list[Episode]:
+                     reward: RewardSpec = RewardSpec(), device: str | torch.device = "cpu") -> list[Episode]:
     """Play `jobs` together, one batched forward per round for all their deciding agents; episodes
     in the order of `jobs`."""
     from agents.learned.vector import LockstepScorer
@@ -159,7 +176,7 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
         raise ValueError("collect_lockstep plays all jobs sampled or all greedy; collect the others separately")
     deterministic = bool(jobs) and jobs[0].deterministic
     scorer = LockstepScorer(net, torch.device(device), acting.pointer)
-    envs = [_Env(scenario, job, acting, reward_scale, net.cfg.greedy_hint) for job in jobs]
+    envs = [_Env(scenario, job, acting, reward, net.cfg.greedy_hint) for job in jobs]
     active = list(envs)
     while active:
         waiting = [(env, req) for env in active if (req := env.begin_round()) is not None]
@@ -175,6 +192,6 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
 
 
 def play_episode(scenario: Scenario, net: TapFingerNet, acting: ActingOptions, job: EpisodeJob,
-                 reward_scale: float = 0.05, device: str | torch.device = "cpu") -> Episode:
+                 reward: RewardSpec = RewardSpec(), device: str | torch.device = "cpu") -> Episode:
     """One episode alone (`collect_lockstep` of one job)."""
-    return collect_lockstep(scenario, net, acting, [job], reward_scale, device)[0]
+    return collect_lockstep(scenario, net, acting, [job], reward, device)[0]

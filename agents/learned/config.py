@@ -69,6 +69,9 @@ class TrainConfig:
     imitation_epochs: int = 10  # epochs of behaviour cloning
     dagger_rounds: int = 0  # after cloning: rounds where the learner plays and the teacher labels its states
     reward_scale: float = 0.05  # team reward per task in the system per slot (negated)
+    # deadline scenarios: each task that misses its deadline (declined, or unfinished at its deadline)
+    # costs this many task-slots of reward, once (0 = JCT alone)
+    miss_penalty: float = 0.0
     eval_every: int = 5  # iterations between evaluations against --eval-heuristic (0 = never)
     eval_seeds: int = 5  # evaluation episodes (seeds 900..)
     eval_heuristic: str = "greedy"  # heuristic the periodic evaluation compares with
@@ -122,6 +125,7 @@ class TrainConfig:
             (self, "imitation_epochs", self.imitation_epochs >= 1, "at least 1"),
             (self, "dagger_rounds", self.dagger_rounds >= 0, "at least 0"),
             (self, "reward_scale", self.reward_scale > 0, "greater than 0"),
+            (self, "miss_penalty", self.miss_penalty >= 0, "0 or more"),
             (self, "eval_every", self.eval_every >= 0, "at least 0 (0 = never)"),
             (self, "eval_seeds", self.eval_seeds >= 1, "at least 1"),
             (self, "checkpoint_every", self.checkpoint_every >= 1, "at least 1"),

@@ -33,7 +33,7 @@ from agents.learned.advantages import (
     explained_variance,
 )
 from agents.learned.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from agents.learned.collect import Episode, EpisodeJob, collect_lockstep
+from agents.learned.collect import Episode, EpisodeJob, RewardSpec, collect_lockstep
 from agents.learned.config import TrainConfig
 from agents.learned.model import TapFingerNet
 from agents.learned.ppo import DivergedError, imitation_update, ppo_update
@@ -172,8 +172,8 @@ class Trainer:
         writer = SummaryWriter(str(self.run_dir))
         if not self.resumed:
             writer.add_text("hyperparameters", self.cfg.hparam_table())
-        collector = Collector(self.scenario, self.cfg.acting, self.cfg.worker_count(), self.cfg.reward_scale,
-                              self.device)
+        reward = RewardSpec(self.cfg.reward_scale, self.cfg.miss_penalty)
+        collector = Collector(self.scenario, self.cfg.acting, self.cfg.worker_count(), reward, self.device)
         try:
             self._loop(collector, writer, log)
         except KeyboardInterrupt:
@@ -302,6 +302,8 @@ def _log_iteration(writer, steps: int, episodes: list[Episode], stats: dict, col
     writer.add_scalar("charts/avg_jct", avg_jct, steps)
     if unfinished:
         writer.add_scalar("charts/unfinished_tasks", unfinished, steps)
+    if any(e.missed for e in episodes):  # deadline scenarios (the miss penalty charges these)
+        writer.add_scalar("charts/deadline_misses", float(np.mean([e.missed for e in episodes])), steps)
     writer.add_scalar("charts/rounds_per_s", collect_rate, steps)  # collection alone
     writer.add_scalar("charts/SPS", overall_rate, steps)  # collection + update
     writer.add_scalar("charts/updates_per_s", 1.0 / max(update_s, 1e-9), steps)

@@ -19,7 +19,7 @@ import torch
 
 from agents.learned.acting import ActingOptions
 from agents.worker_signals import quiet_worker_signals
-from agents.learned.collect import Episode, EpisodeJob, collect_lockstep
+from agents.learned.collect import Episode, EpisodeJob, RewardSpec, collect_lockstep
 from agents.learned.model import ModelConfig, TapFingerNet
 from tapfinger.sim.scenario import Scenario
 
@@ -31,11 +31,11 @@ def _init_worker() -> None:
 
 
 def _collect_share(share: tuple) -> list[Episode]:
-    scenario, cfg, state, acting, jobs, reward_scale = share
+    scenario, cfg, state, acting, jobs, reward = share
     net = TapFingerNet(ModelConfig(**cfg))
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     net.eval()
-    return collect_lockstep(scenario, net, ActingOptions(**acting), jobs, reward_scale)
+    return collect_lockstep(scenario, net, ActingOptions(**acting), jobs, reward)
 
 
 def split(jobs: list, parts: int) -> list[list]:
@@ -48,10 +48,10 @@ def split(jobs: list, parts: int) -> list[list]:
 class Collector:
     """Collects episode jobs with the current network, in `workers` processes (1 = in-process)."""
 
-    def __init__(self, scenario: Scenario, acting: ActingOptions, workers: int, reward_scale: float,
+    def __init__(self, scenario: Scenario, acting: ActingOptions, workers: int, reward: RewardSpec,
                  device: torch.device):
         self.scenario, self.acting, self.workers = scenario, acting, workers
-        self.reward_scale, self.device = reward_scale, device
+        self.reward, self.device = reward, device
         self.pool = None
         if workers > 1:
             import multiprocessing as mp
@@ -63,7 +63,7 @@ class Collector:
             was_training = net.training
             net.eval()
             try:
-                return collect_lockstep(self.scenario, net, self.acting, jobs, self.reward_scale, self.device)
+                return collect_lockstep(self.scenario, net, self.acting, jobs, self.reward, self.device)
             finally:
                 net.train(was_training)
         from dataclasses import asdict
@@ -71,7 +71,7 @@ class Collector:
         # numpy, not torch tensors: torch would share tensors through file descriptors served by a
         # thread of this process, which prints a traceback when a worker dies mid-transfer (Ctrl-C)
         state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
-        shares = [(self.scenario, net.cfg.to_dict(), state, asdict(self.acting), share, self.reward_scale)
+        shares = [(self.scenario, net.cfg.to_dict(), state, asdict(self.acting), share, self.reward)
                   for share in split(jobs, self.workers)]
         try:
             parts = self.pool.map(_collect_share, shares, chunksize=1)

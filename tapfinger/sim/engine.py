@@ -107,7 +107,9 @@ class Engine(TierEvents, Snapshots):
         self.finished_count = 0
         self.declined_count = 0
         self.slot_declines = np.zeros(self.N)  # misses by decline this slot, per cluster that saw them
+        self.slot_declined_tasks = 0
         self.last_misses = np.zeros(self.N)
+        self.last_missed_tasks = 0  # distinct tasks that missed their deadline at the last slot end
         self.invalid_actions = np.zeros(self.N, dtype=np.int64)
         self.conflicts = np.zeros(self.N, dtype=np.int64)
         self.rounds_total = 0

@@ -32,19 +32,23 @@ class TierEvents:
         self.cluster[t] = agent  # who declined it
         self.declined_count += 1
         self.slot_declines[self.visible[t]] += 1
+        self.slot_declined_tasks += 1
         self._leave_windows(t)
 
     def _count_misses(self) -> None:
         """`last_misses`: per cluster, the tasks it sees that became missed at this slot end (the
         deadline passed unfinished, or declined during the slot): what a deadline penalty charges."""
         misses = self.slot_declines
+        self.last_missed_tasks = self.slot_declined_tasks
         live = (self.status == WAITING) | (self.status == RUNNING)
         late = np.flatnonzero(live & ~self.miss_counted & (self.deadline >= 0) & (self.deadline <= self.slot + 1))
         if late.size:
             self.miss_counted[late] = True
             misses = misses + self.visible[late].sum(axis=0)
+            self.last_missed_tasks += int(late.size)
         self.last_misses = misses.astype(np.float64)
         self.slot_declines = np.zeros(self.N)
+        self.slot_declined_tasks = 0
 
     def _change_capacity(self, new_cap: np.ndarray) -> None:
         """The nodes' capacities for the new slot; a node left holding more than it has preempts

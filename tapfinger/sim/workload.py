@@ -124,6 +124,13 @@ def with_deadlines(wl: Workload, scenario: Scenario, seed: int) -> Workload:
     size its user knows); a share 1 - fraction of the tasks is best-effort. Drawn from a stream of
     its own, two uniforms per task in task order, so the arrivals are those without the rule.
     Unchanged (the same object) when the rule is "none"."""
+    if scenario.deadlines.rule == "none" or wl.num_tasks == 0:
+        return wl
+    return apply_deadline_rule(wl, scenario, np.random.default_rng(np.random.SeedSequence([seed, DEADLINE_STREAM])))
+
+
+def apply_deadline_rule(wl: Workload, scenario: Scenario, rng: np.random.Generator) -> Workload:
+    """`with_deadlines` with the uniforms drawn from `rng` (a planner's sampled future uses its own)."""
     rule = scenario.deadlines
     if rule.rule == "none" or wl.num_tasks == 0:
         return wl
@@ -136,7 +143,6 @@ def with_deadlines(wl: Workload, scenario: Scenario, seed: int) -> Workload:
     g = np.minimum(req[:, st.gpu], st.grid_max[st.gpu])
     duration = slots_to_finish(st.weight[wl.task_type, c, g], st.base[wl.task_type, c, g],
                                np.asarray(wl.work, dtype=np.float64))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, DEADLINE_STREAM]))
     u = rng.random((wl.num_tasks, 2))
     slack = rule.slack_low + (rule.slack_high - rule.slack_low) * u[:, 0]
     offset = np.maximum(np.floor(slack * np.minimum(duration, MAX_SLOTS)), 1).astype(np.int64)
