@@ -12,7 +12,7 @@ import torch
 
 from agents.learned.acting import ActingOptions
 from agents.learned.advantages import ValueNorm, build_samples, explained_variance, slot_returns
-from agents.learned.collect import Episode, EpisodeJob, collect_lockstep
+from agents.learned.collect import Episode, EpisodeJob, RewardSpec, collect_lockstep
 from agents.learned.config import TrainConfig
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.policy import Planner
@@ -77,7 +77,7 @@ def test_any_split_over_workers_gives_the_same_episodes():
     jobs = [EpisodeJob(seed=10 + e // 2, sample_seed=50 + e) for e in range(5)]
     results = {}
     for workers in (1, 2, 3):
-        c = Collector(sc, acting, workers, 0.05, torch.device("cpu"))
+        c = Collector(sc, acting, workers, RewardSpec(0.05), torch.device("cpu"))
         try:
             results[workers] = c.run(net, jobs)
         finally:
