@@ -355,3 +355,11 @@ def test_miss_penalty_charges_each_missed_task_once_in_the_team_reward():
             break
     # slot ends 0, 1, 2: two tasks waiting each time; the deadline task misses at the end of slot 1
     assert rewards == [-1.0, -(2 + 10.0) * 0.5, -1.0]
+
+
+def test_the_exact_optimum_refuses_settings_its_program_does_not_model():
+    from tapfinger.evaluation.optimal.solve import optimal
+
+    scen = dataclasses.replace(scenario(), allow_decline=True)
+    with pytest.raises(ValueError, match="declines.*does not model"):
+        optimal(scen, workload([0, 0]))

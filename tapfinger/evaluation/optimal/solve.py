@@ -82,6 +82,15 @@ def _checked_lower_bounds(scenario: Scenario, workload: Workload, max_tasks: int
             f"(arrivals.tasks, e.g. small_scenario()), or tapfinger.evaluation.bounds.lower_bound for large episodes.")
     if T == 0:
         raise ValueError("optimal(): the workload has no tasks")
+    tiers = [what for what, on in (("capacity schedules", scenario.capacity_varies),
+                                   ("edge speeds", any(t.edge_speed != 1.0 for t in scenario.task_types)),
+                                   ("restart or migration costs", scenario.restart_seconds or scenario.migration_seconds),
+                                   ("declines", scenario.allow_decline)) if on]
+    if tiers:
+        # the integer program models fixed capacities, one speed per type, and no admission control
+        raise ValueError(f"optimal(): scenario {scenario.name} has {', '.join(tiers)}, which the exact integer "
+                         f"program does not model, so its answer would not be the optimum. Fix: use a scenario "
+                         f"without them, or tapfinger.evaluation.bounds.lower_bound (a bound that still holds)")
     lb, lb_mean = lower_bound(scenario, workload)
     if np.any(lb >= NEVER):
         bad = int(np.flatnonzero(lb >= NEVER)[0])
