@@ -28,6 +28,11 @@ POLICIES: dict[str, str | tuple[str, dict]] = {
     "drf": "agents.heuristics.queue_order:DrfPolicy",
     "greedy": "agents.heuristics.greedy:GreedyPolicy",
     "rollout": "agents.heuristics.rollout:RolloutPolicy",
+    # deadline-aware baselines (docs/deadline-baselines.md)
+    "edf": "agents.heuristics.deadline_aware:EdfPolicy",
+    "elasticflow": "agents.heuristics.deadline_aware:ElasticFlowPolicy",
+    "elasticflow-edge": "agents.heuristics.deadline_aware:ElasticFlowEdgePolicy",
+    "edgeflow": "agents.heuristics.deadline_aware:EdgeFlowPolicy",
     "tapfinger": "agents.learned.policy:LearnedPolicy",
     # ablations of the learned policy (DESIGN.md; issue "learned scheduler", item 7)
     "tapfinger-no-pointer": ("agents.learned.policy:LearnedPolicy", {"pointer": False}),
