@@ -52,6 +52,8 @@ EXPORTED_CLASS = "agents.exported:ExportedPolicy"
 
 # What the demo compares, strongest first; names not (yet) registered are skipped.
 DEMO_HEURISTICS = ["greedy", "optimus", "tiresias", "sjf", "fifo", "drf", "min", "random"]
+# Added to the default comparison on scenarios with deadlines, declines or a cloud tier.
+DEADLINE_HEURISTICS = ["edgeflow", "elasticflow-edge", "elasticflow", "edf"]
 
 
 def policy_names() -> list[str]:
@@ -140,8 +142,20 @@ def _separate_checkpoint(name: str, scenario: Scenario, checkpoint: str | None) 
     return str(path)
 
 
+def has_deadline_settings(scenario: Scenario) -> bool:
+    """Whether a scenario is one the deadline-aware baselines are for (deadlines, declines or a cloud tier)."""
+    return (scenario.deadlines.rule != "none" or scenario.allow_decline
+            or any(c.kind == "cloud" for c in scenario.clusters))
+
+
 def demo_policies(scenario_name: str) -> list[str]:
+    """The default comparison: the learned policy when a checkpoint ships for the scenario, the demo's
+    heuristics, and on a deadline scenario the deadline-aware baselines (`DEADLINE_HEURISTICS`)."""
+    from tapfinger.sim.scenario import load_scenario
+
     names = [n for n in DEMO_HEURISTICS if n in POLICIES]
+    if has_deadline_settings(load_scenario(scenario_name, resolve_files=False)):
+        names = [n for n in DEADLINE_HEURISTICS if n in POLICIES] + names
     if "tapfinger" in POLICIES and shipped_checkpoint(scenario_name) is not None:
         names.insert(0, "tapfinger")
     return names

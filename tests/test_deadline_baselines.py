@@ -172,3 +172,10 @@ def test_elasticflow_meets_more_deadlines_than_edf_on_cloud_edge():
     met = {p: sum(int(run_episode(scen, make_policy(p, scen), s).records["met"].sum()) for s in (0, 1))
            for p in ("edf", "elasticflow")}
     assert met["elasticflow"] > met["edf"]
+
+
+def test_default_comparison_adds_the_deadline_baselines_on_deadline_scenarios_only():
+    from agents.registry import DEADLINE_HEURISTICS, demo_policies
+
+    assert set(DEADLINE_HEURISTICS) <= set(demo_policies("cloud-edge"))
+    assert not set(DEADLINE_HEURISTICS) & set(demo_policies("hetero-6"))

@@ -21,9 +21,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.policies == "auto":
-        from agents.registry import demo_policies
-
-        args.policies = ",".join(demo_policies(args.scenario))
     evaluate_and_report(args, Path(args.out))
     return 0

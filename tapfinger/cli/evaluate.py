@@ -15,7 +15,10 @@ from tapfinger.sim.scenario import load_scenario
 def add_common(p: argparse.ArgumentParser, default_policies: str, default_seeds: int) -> None:
     p.add_argument("--scenario", default="edge-default", help="built-in name or TOML file (default: edge-default)")
     p.add_argument("--policies", default=default_policies,
-                   help=f"comma-separated policy names (default: {default_policies}); see --list-policies")
+                   help="comma-separated policy names (default: auto = tapfinger when a checkpoint ships for the "
+                        "scenario, greedy, optimus, tiresias, sjf, fifo, drf, min, random, and on a scenario with "
+                        "deadlines, declines or a cloud tier also edgeflow, elasticflow-edge, elasticflow, edf); "
+                        "see --list-policies")
     p.add_argument("--seeds", type=int, default=default_seeds, help=f"number of seeds (default: {default_seeds})")
     p.add_argument("--seed-start", type=int, default=1000,
                    help="first seed (default: 1000; training uses seeds below 1000)")
@@ -37,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "ratio, declined tasks and lateness); writes OUT/results.json and PNG plots. Finished episodes are "
                                    "kept in OUT/episodes.partial.jsonl until the evaluation completes, so "
                                    "after Ctrl-C the same command resumes where it stopped.")
-    add_common(p, "greedy,optimus,tiresias,sjf,fifo,drf,min,random", 30)
+    add_common(p, "auto", 30)
     p.add_argument("--out", default="results/evaluate", help="output folder (default: results/evaluate)")
     p.add_argument("--list-policies", action="store_true", help="list the policy names and exit")
     p.set_defaults(func=run)
@@ -124,6 +127,10 @@ def evaluate_and_report(args: argparse.Namespace, out: Path) -> dict:
     # Every flag, the scenario, the policies and the output place are checked before any
     # episode runs: a bad one must not cost an evaluation's worth of waiting.
     check_flags(args)
+    if args.policies == "auto":
+        from agents.registry import demo_policies
+
+        args.policies = ",".join(demo_policies(args.scenario))
     names = policy_list(args.policies)
     scenario = load_scenario(args.scenario)
     # The registry resolves each name to its class (an unknown name is a ValueError naming the
