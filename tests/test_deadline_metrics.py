@@ -263,3 +263,16 @@ def test_no_deadline_plot_without_deadlines(tmp_path):
     paths = plots.write_plots(evaluation(per), tmp_path)
     assert [p.name for p in paths] == list(plots.PLOT_FILES)
     assert not (tmp_path / plots.DEADLINE_PLOT).exists()
+
+
+def test_deadline_difference_is_paired_against_the_heuristic_meeting_most_deadlines():
+    out = evaluation(with_deadlines())  # min meets most (0.75 vs 0.5 on average)
+    assert out["best_deadline_heuristic"] == "min"
+    assert out["policies"]["fifo"]["deadline_diff_vs_best"]["per_seed"] == pytest.approx([-0.25, -0.25])
+    assert out["policies"]["min"]["deadline_diff_vs_best"]["mean"] == 0.0
+
+
+def test_no_deadline_difference_without_deadlines():
+    per = {n: {s: fake(s, 4.0) for s in SEEDS} for n in ("min", "fifo")}
+    out = evaluation(per)
+    assert "best_deadline_heuristic" not in out and "deadline_diff_vs_best" not in out["policies"]["min"]

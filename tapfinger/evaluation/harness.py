@@ -6,6 +6,7 @@ worker processes, summarised with 95% confidence intervals and paired difference
     {
       "scenario": str, "seeds": [int, ...], "created": ISO time, "version": str,
       "best_heuristic": str,              # lowest mean avg JCT among the heuristics run
+      "best_deadline_heuristic": str,     # only with deadline metrics: highest mean deadline ratio
       "policies": {
         NAME: {
           "avg_jct": {"mean", "ci95": [low, high], "per_seed": [one value per seed, seed order]},
@@ -18,7 +19,9 @@ worker processes, summarised with 95% confidence intervals and paired difference
                             (declined, late and unfinished ones missed it; null: none had one),
           "declined": same form, per seed: tasks declined (admission control),
           "lateness": same form, per seed: mean slots late (finish + 1 - deadline) of the tasks
-                      that finished late (null: none did)
+                      that finished late (null: none did),
+          "deadline_diff_vs_best": same form, per seed: this policy's deadline ratio minus that of
+                                   best_deadline_heuristic (the heuristic with the highest mean ratio)
         },
         "bound": {"avg_jct": same form}   # per-task lower bound (tapfinger/evaluation/bounds.py)
       },
@@ -257,6 +260,11 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
     # Deadline metrics for every policy, or for none: a scenario without deadlines (and no
     # declines) keeps exactly the keys it always had, so older results stay comparable.
     deadlines = any(per_policy[n][s].has_deadlines for n in cfg.policies for s in seeds)
+    ratio = {n: np.array([per_policy[n][s].deadline_ratio for s in seeds]) for n in cfg.policies}
+    rated = [n for n in heuristics if np.isfinite(ratio[n]).any()]
+    best_dl = max(rated, key=lambda n: float(np.nanmean(ratio[n]))) if deadlines and rated else None
+    if deadlines:
+        out["best_deadline_heuristic"] = best_dl
     for n in cfg.policies:
         eps = [per_policy[n][s] for s in seeds]
         entry = {k: summary([e.scalars()[k] for e in eps])
@@ -271,6 +279,8 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
             entry["deadline_ratio"] = summary([e.deadline_ratio for e in eps])
             entry["declined"] = summary([float(e.declined) for e in eps])
             entry["lateness"] = summary([e.lateness for e in eps])
+            if best_dl is not None:  # paired over seeds, as diff_vs_best is for avg JCT
+                entry["deadline_diff_vs_best"] = summary(ratio[n] - ratio[best_dl])
         out["policies"][n] = entry
     out["policies"]["bound"] = {"avg_jct": summary([bounds[s] for s in seeds])}
     out["_episodes"] = per_policy  # for plots; not written to JSON
