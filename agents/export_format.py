@@ -3,8 +3,9 @@ runtime (`agents.exported`, numpy + onnxruntime) agree on. Torch-free.
 
 - the file format and where its metadata is stored (`FORMAT`, `METADATA_KEY`, `PT2_EXTRA_FILE`);
 - the program's inputs and outputs, in positional order (`INPUT_NAMES`, `OUTPUT_NAMES`; a
-  network with greedy hints takes `HINT_INPUTS` too: `input_names`), and how they are built from
-  the batched observations (`round_feeds`, `graph_feeds`, `decision_feeds`);
+  network with greedy hints takes `HINT_INPUTS` too: `input_names`; a declining network outputs
+  `DECLINE_OUTPUTS` too: `output_names`), and how they are built from the batched observations
+  (`round_feeds`, `graph_feeds`, `decision_feeds`);
 - the metadata check a file must pass to serve a scenario (`expected_layout`, `check_metadata`).
 See docs/export.md.
 """
@@ -39,7 +40,7 @@ INPUT_NAMES: tuple[str, ...] = (
     "window_row",  # [N, W] int64: pending row of each window place, -1 = empty
     "node_row",  # [N, NN] int64: node row of each node slot, -1 = padding
     "agent",  # [S] int64: clusters that decide
-    "task_mask",  # [S, W+1] bool: index 0 = do nothing, i = window place i-1
+    "task_mask",  # [S, W+1] bool: index 0 = do nothing, i = window place i-1 (declining: [S, 2W+1])
     "node_mask",  # [S, W, NN] bool
     "alloc_low",  # [S, W, R] int64
     "alloc_high",  # [S, NN, R] int64
@@ -48,7 +49,7 @@ OUTPUT_NAMES: tuple[str, ...] = (
     "place",  # [S] int64: window place, -1 = do nothing
     "node",  # [S] int64: local node index
     "alloc",  # [S, R] int64
-    "task_logits",  # [S, W+1] float32, masked entries = -1e9
+    "task_logits",  # [S, W+1] float32, masked entries = -1e9 (declining: [S, 2W+1])
     "task_prob",  # [S] float32: probability of the chosen task choice (Bayes conflict posterior)
 )
 # After those, a program of a network with greedy hints (`ModelConfig.greedy_hint`) takes greedy's
@@ -58,6 +59,11 @@ OUTPUT_NAMES: tuple[str, ...] = (
 # hint_node [N] int64, the local node of greedy's start (-1 = none); hint_alloc [N, R] int64, its
 # amounts (-1 = none). Their names and layout are the round arrays' (`acting.HINT_KEYS`).
 HINT_INPUTS: tuple[str, ...] = HINT_KEYS
+# After those outputs, a program of a declining network (`ModelConfig.decline`) outputs "decline"
+# [S] int64: the window place it declines, -1 = none (then `place` is -1: a decline starts
+# nothing). Its task_mask input and task_logits output are [S, 2W+1]: the task choices, then
+# "decline place i" at W+1+i (the decision masks of `agents.learned.masks.decision_masks`).
+DECLINE_OUTPUTS: tuple[str, ...] = ("decline",)
 ACTING_KEYS = ("multi_task", "max_sequence", "bayes", "pointer")
 GRAPH_INPUTS = INPUT_NAMES[:9]  # one round's graph; the rest: the deciding agents and their masks
 
@@ -65,6 +71,17 @@ GRAPH_INPUTS = INPUT_NAMES[:9]  # one round's graph; the rest: the deciding agen
 def input_names(greedy_hint: bool = False) -> tuple[str, ...]:
     """The program's inputs in positional order: `INPUT_NAMES`, then `HINT_INPUTS` with greedy hints."""
     return INPUT_NAMES + HINT_INPUTS if greedy_hint else INPUT_NAMES
+
+
+def output_names(decline: bool = False) -> tuple[str, ...]:
+    """The program's outputs in order: `OUTPUT_NAMES`, then `DECLINE_OUTPUTS` for a declining network."""
+    return OUTPUT_NAMES + DECLINE_OUTPUTS if decline else OUTPUT_NAMES
+
+
+def declines(meta: dict) -> bool:
+    """Whether the program of this metadata may decline tasks (its outputs end with DECLINE_OUTPUTS)."""
+    layout = meta.get("feature_layout") if isinstance(meta, dict) else None
+    return isinstance(layout, dict) and layout.get("outputs") == list(output_names(True))
 
 
 def takes_hints(meta: dict) -> bool:
@@ -112,14 +129,14 @@ def decision_feeds(agents: list[int] | np.ndarray, masks: list[dict[str, np.ndar
 
 
 # --------------------------------------------------------------------------- metadata
-def expected_layout(scenario: Scenario, greedy_hint: bool = False) -> dict:
-    """The `feature_layout` entry of the metadata: what the program expects to be fed."""
+def expected_layout(scenario: Scenario, greedy_hint: bool = False, decline: bool = False) -> dict:
+    """The `feature_layout` entry of the metadata: what the program expects to be fed (and outputs)."""
     return {"columns": feature_layout(scenario),
             "scales": [float(s) for s in feature_scales(scenario)],
             "grid_max": [int(g) for g in scenario.grid_max],
             "window": int(scenario.window_size),
             "max_nodes": int(max(len(c.nodes) for c in scenario.clusters)),
-            "inputs": list(input_names(greedy_hint)), "outputs": list(OUTPUT_NAMES)}
+            "inputs": list(input_names(greedy_hint)), "outputs": list(output_names(decline))}
 
 
 def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str) -> dict:
@@ -129,6 +146,12 @@ def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str)
             f"{path} is a valid {kind} file but not a TapFinger exported policy (no '{METADATA_KEY}' metadata "
             f"of format {FORMAT}). Fix: write it with `tapfinger export --checkpoint CKPT --format {kind} "
             f"--out {path}`.")
+    if declines(meta) and not scenario.allow_decline:  # before the fingerprint: the clearer reason
+        raise ExportedPolicyError(
+            f"{path} declines tasks (admission control: it was exported from a policy trained with declines), but "
+            f"scenario '{scenario.name}' does not allow declining (allow_decline = false). Fix: evaluate it on "
+            f"the scenario it was exported for ('{meta.get('scenario')}', with allow_decline = true), or export a "
+            f"policy trained with --decline off.")
     if meta.get("scenario_fingerprint") != scenario_fingerprint(scenario):
         raise ExportedPolicyError(
             f"{path} was exported for scenario '{meta.get('scenario')}', which differs from this "
@@ -136,7 +159,7 @@ def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str)
             f"Fix: evaluate it with --scenario {meta.get('scenario')}, or export a checkpoint trained on "
             f"'{scenario.name}'.")
     layout = meta.get("feature_layout", {})
-    want = expected_layout(scenario, takes_hints(meta))  # either interface is this version's
+    want = expected_layout(scenario, takes_hints(meta), declines(meta))  # any of the interfaces is this version's
     if layout.get("inputs") != want["inputs"] or layout.get("outputs") != want["outputs"]:
         raise ExportedPolicyError(
             f"{path} has another program interface (inputs {layout.get('inputs')}); it was written by "

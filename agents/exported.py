@@ -25,8 +25,9 @@ import numpy as np
 
 from agents.base import Policy
 from agents.export_format import (ACTING_KEYS, FORMAT, INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, PT2_EXTRA_FILE,
-                                  ExportedPolicyError, check_metadata, decision_feeds, expected_layout,
-                                  graph_feeds, input_names, round_feeds, stacked_decision_feeds, takes_hints)
+                                  ExportedPolicyError, check_metadata, decision_feeds, declines, expected_layout,
+                                  graph_feeds, input_names, output_names, round_feeds, stacked_decision_feeds,
+                                  takes_hints)
 from agents.learned.acting import ActingOptions, Choices, RoundPlanner, Step
 from agents.learned.masks import MASK_KEYS
 from agents.pt2_archive import UnsafeProgramError, check_pt2_archive, count_nonfinite_weights, read_pt2_metadata
@@ -47,7 +48,7 @@ class Runner(Protocol):
     metadata: dict
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs in OUTPUT_NAMES order."""
+        """Outputs in OUTPUT_NAMES order (then DECLINE_OUTPUTS, for a declining program)."""
 
 
 def _missing(path: Path, kind: str) -> ExportedPolicyError:
@@ -94,10 +95,11 @@ class OnnxRunner:
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.metadata = _parse_json(raw)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = list(output_names(declines(self.metadata)))
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         # Feed what the session declares: an exporter may drop inputs the graph never reads.
-        return self.session.run(list(OUTPUT_NAMES), {k: feeds[k] for k in self.input_names})
+        return self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
 
 
 def _pt2_bytes(path: Path) -> bytes:
@@ -201,7 +203,8 @@ class _ProgramRound:
     def score(self, agents: np.ndarray, masks: dict[str, np.ndarray]) -> Choices:
         # Every call runs the whole program, encoder included: the encoder's output does not depend
         # on the masks, so a later choice of a sequence equals the eager model's reuse of it.
-        place, node, alloc, logits, prob = self.runner.run({**self.graph, **stacked_decision_feeds(agents, masks)})
+        place, node, alloc, logits, prob, *rest = self.runner.run({**self.graph,
+                                                                   **stacked_decision_feeds(agents, masks)})
         # Finite inputs and weights give finite scores (masked choices are -1e9, not -inf); NaN
         # weights, which an ONNX file does not show without loading them, give NaN scores and a
         # meaningless argmax: stop rather than act on them.
@@ -209,7 +212,7 @@ class _ProgramRound:
         if bad:
             raise _nonfinite(self.path or Path("<program>"), bad, int(logits.size),
                              "computed non-finite task scores from finite inputs; its weights are not finite")
-        return Choices(place, node, alloc, prob)
+        return Choices(place, node, alloc, prob, decline=rest[0] if rest else None)  # rest: DECLINE_OUTPUTS
 
 
 class ProgramScorer:
@@ -247,8 +250,11 @@ class ExportedPolicy(Policy):
             acting[k] = v
         # a program that takes greedy's proposals gets them from the planner's GreedyPolicy, the
         # eager policy's own code (numpy), which sees every round of the episode
+        # a declining program is offered the decline choices (check_metadata refused it on a
+        # scenario that does not allow declining)
         self.planner = RoundPlanner(scenario, ActingOptions(**acting), record_arrays=False,
-                                    greedy_hint=takes_hints(self.runner.metadata))
+                                    greedy_hint=takes_hints(self.runner.metadata),
+                                    decline=declines(self.runner.metadata))
         self.scorer = ProgramScorer(self.runner, Path(path))
 
     @property

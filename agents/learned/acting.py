@@ -16,6 +16,12 @@ only supply a `Scorer`, which scores a batch of deciding agents; everything else
   episode forever. The rule asks for one start only: later choices of a sequence may pass.
 - conflicts: several agents starting the same task in a round are resolved by the Bayes
   posterior (`agents.learned.conflicts`).
+- declines (a network with `ModelConfig.decline`, scenarios with `allow_decline`): the task choice
+  also offers "decline window place i" (`agents.learned.masks.decision_masks`), so an agent with
+  a task it may decline decides even when it can start nothing. A decline claims its task in
+  conflict resolution like a start (the same rule over task ids), satisfies the liveness rule,
+  and ends a multi-task sequence (the simplest rule: the decline is the sequence's last step,
+  played in its turn like a start). It reaches the engine as `RoundActions.decline_place`.
 - greedy hints (a network with `ModelConfig.greedy_hint`): each round, the `greedy` heuristic's
   proposal for every agent (`HINT_KEYS`) joins the round's arrays, for the network to copy or
   deviate from. The planner owns that `GreedyPolicy` and shows it every round's observations,
@@ -35,7 +41,7 @@ import numpy as np
 
 from agents.heuristics.greedy import GreedyPolicy
 from agents.learned.conflicts import fit_count, resolve
-from agents.learned.masks import MASK_KEYS, step_still_valid, update_masks
+from agents.learned.masks import MASK_KEYS, can_decide, decision_masks, step_still_valid, update_masks
 from envs.actions import RoundActions
 from envs.graph import graph_arrays
 from tapfinger.sim.scenario import Scenario
@@ -54,13 +60,14 @@ class ActingOptions:
 @dataclass
 class Step:
     masks: dict[str, np.ndarray]  # this agent's masks when the choice was made
-    place: int
-    node: int
-    alloc: np.ndarray
+    place: int  # window place started (or declined), -1 = do nothing
+    node: int  # unused (0) for a decline
+    alloc: np.ndarray  # unused (zeros) for a decline
     task_id: int
     prob: float  # probability with which the task was picked (for conflict posteriors)
     logp_task: float = 0.0
-    logp_rest: float = 0.0  # node + allocation
+    logp_rest: float = 0.0  # node + allocation (0 for a decline)
+    decline: bool = False  # the choice declines the task at `place` instead of starting it
 
 
 @dataclass
@@ -110,7 +117,7 @@ def round_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np
 class Choices:
     """A scorer's answer for S deciding agents (row j is agents[j] of the call)."""
 
-    place: np.ndarray  # [S] window place, -1 = do nothing
+    place: np.ndarray  # [S] window place started, -1 = none
     node: np.ndarray  # [S] local node
     alloc: np.ndarray  # [S, R]
     task_prob: np.ndarray  # [S] probability of the chosen task choice (conflict posteriors)
@@ -118,6 +125,7 @@ class Choices:
     logp_task: np.ndarray | None = None  # [S]
     logp_rest: np.ndarray | None = None  # [S]
     value: np.ndarray | None = None  # [S] the critic's value of each agent
+    decline: np.ndarray | None = None  # [S] window place declined, -1 = none (None: a scorer without declines)
 
 
 class RoundScorer(Protocol):
@@ -152,11 +160,17 @@ class RoundPlanner:
     """The learned policy's round logic around a `Scorer`; holds the current slot's plans."""
 
     def __init__(self, scenario: Scenario, options: ActingOptions | None = None, record_arrays: bool = True,
-                 greedy_hint: bool = False):
+                 greedy_hint: bool = False, decline: bool = False):
         """`record_arrays`: keep every round's graph arrays in its `RoundRecord` (what PPO learns
         from); False builds them only for rounds in which some agent decides (a runtime that keeps
         no records, e.g. the exported policy, saves the work in the other rounds). `greedy_hint`:
-        add greedy's proposals to the arrays (a network with `ModelConfig.greedy_hint` needs them)."""
+        add greedy's proposals to the arrays (a network with `ModelConfig.greedy_hint` needs them).
+        `decline`: offer the decline choices (a network with `ModelConfig.decline` scores them)."""
+        if decline and not scenario.allow_decline:
+            raise ValueError(f"this policy declines tasks (admission control), but scenario '{scenario.name}' does "
+                             f"not allow declining (allow_decline = false). Fix: run it on the scenario it was "
+                             f"trained on (one with allow_decline = true), or use a policy trained without declines.")
+        self.decline = decline
         self.scenario = scenario
         self.options = options or ActingOptions()
         self.record_arrays = record_arrays
@@ -214,9 +228,10 @@ class RoundPlanner:
         for i in range(N):
             while self.queue[i] and starts[i] is None:
                 step = self.queue[i].pop(0)
-                if step_still_valid(obs, i, step.place, step.node, step.alloc, step.task_id):
+                if step_still_valid(obs, i, step.place, step.node, step.alloc, step.task_id, step.decline):
                     starts[i] = step
-        fresh = [i for i in range(N) if starts[i] is None and obs["task_mask"][i, 1:].any()]
+        able = can_decide(obs, self.decline)
+        fresh = [i for i in range(N) if starts[i] is None and able[i]]
         arrays = self.round_arrays(obs) if fresh or self.record_arrays else {}
         record = RoundRecord(arrays)
         if fresh:
@@ -234,7 +249,10 @@ class RoundPlanner:
         actions = RoundActions.nothing(N, obs["alloc_low"].shape[2])
         for i, s in enumerate(starts):
             if s is not None and keep[i]:
-                actions.task[i], actions.node[i], actions.alloc[i] = s.place, s.node, s.alloc
+                if s.decline:
+                    actions.decline_place(i, s.place)
+                else:
+                    actions.task[i], actions.node[i], actions.alloc[i] = s.place, s.node, s.alloc
         return actions, record
 
     def _decide(self, obs: dict[str, np.ndarray], arrays: dict[str, np.ndarray], fresh: list[int]
@@ -243,10 +261,11 @@ class RoundPlanner:
         Step k scores the agents whose sequence goes on, with their masks after steps 0..k-1."""
         rows = np.asarray(fresh, dtype=np.int64)
         n_steps = self.options.max_sequence if self.options.multi_task else 1
-        stacked = {k: obs[k][rows] for k in MASK_KEYS}  # fancy indexing copies: edits stay local
-        # Liveness: an idle cluster with a startable task may not pass. Waiting there never frees
-        # anything, and an untrained (or greedy) policy could otherwise stall forever.
-        idle = ~(obs["running_id"][rows] >= 0).any(axis=1)
+        stacked = decision_masks(obs, rows, self.decline)  # copies: edits stay local
+        # Liveness: an idle cluster with a startable task may not pass (a decline is allowed).
+        # Waiting there never frees anything, and an untrained (or greedy) policy could otherwise
+        # stall forever. Agents that may only decline may pass.
+        idle = ~(obs["running_id"][rows] >= 0).any(axis=1) & obs["task_mask"][rows, 1:].any(axis=1)
         stacked["task_mask"][idle, 0] = 0
         masks = [{k: stacked[k][j] for k in MASK_KEYS} for j in range(len(fresh))]
         if n_steps > 1:
@@ -266,6 +285,14 @@ class RoundPlanner:
                     decisions[j].value = float(c.value[j])
             for k, j in enumerate(idx):
                 p = int(c.place[k])
+                dp = -1 if c.decline is None else int(c.decline[k])
+                if dp >= 0:  # a decline: no node, no allocation (recorded as 0, unused)
+                    decisions[j].steps.append(Step(
+                        masks[j], dp, 0, np.zeros(c.alloc.shape[1], dtype=np.int64),
+                        int(obs["window_id"][fresh[j], dp]), float(c.task_prob[k]),
+                        0.0 if c.logp_task is None else float(c.logp_task[k]), 0.0, decline=True))
+                    active[j] = False  # a decline ends the sequence
+                    continue
                 tid = int(obs["window_id"][fresh[j], p]) if p >= 0 else -1
                 decisions[j].steps.append(Step(
                     masks[j], p, int(c.node[k]), c.alloc[k].astype(np.int64), tid, float(c.task_prob[k]),

@@ -24,15 +24,26 @@ from agents.learned.ties import LOGIT_ATOL
 
 @dataclass
 class Decision:
-    place: torch.Tensor  # [S] window place, -1 = do nothing
+    place: torch.Tensor  # [S] window place started, -1 = none (do nothing, or a decline)
     node: torch.Tensor  # [S]
     alloc: torch.Tensor  # [S, R]
     logp_task: torch.Tensor  # [S]
-    logp_rest: torch.Tensor  # [S] node + allocation (0 when doing nothing)
+    logp_rest: torch.Tensor  # [S] node + allocation (0 when doing nothing or declining)
     entropy: torch.Tensor  # [S] all heads together (node and allocation only when starting a task)
-    task_probs: torch.Tensor  # [S, W+1]
-    task_logits: torch.Tensor | None = None  # [S, W+1] masked; an output of the exported program
+    task_probs: torch.Tensor  # [S, W+1] ([S, 2W+1] for a network with decline)
+    task_logits: torch.Tensor | None = None  # masked, as task_probs; an output of the exported program
     head_entropy: dict[str, torch.Tensor] | None = None  # [S] per head: task, node, alloc (all resources)
+    decline: torch.Tensor | None = None  # [S] window place declined, -1 = none (None: nobody declines)
+    choice: torch.Tensor | None = None  # [S] index of the task choice taken (column of task_probs)
+
+
+def choice_index(place: torch.Tensor, decline: torch.Tensor | None, window: int) -> torch.Tensor:
+    """The task choice of (place started, place declined): 0 = do nothing, 1..W = start place i-1,
+    W+1..2W = decline place i-W-1 (`ModelConfig.decline`)."""
+    start = place + 1
+    if decline is None:
+        return start
+    return torch.where(decline >= 0, decline + window + 1, start)
 
 
 def uniform_columns(num_resources: int) -> int:
@@ -78,19 +89,27 @@ def _logp_entropy(logits: torch.Tensor, choice: torch.Tensor) -> tuple[torch.Ten
 def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, masks: dict[str, torch.Tensor],
            given: Decision | None = None, deterministic: bool = False,
            uniforms: torch.Tensor | None = None, pointer: bool = True) -> Decision:
-    """One (task, node, allocation) choice per row. `masks` holds per-row task_mask [S, W+1],
-    node_mask [S, W, Nn], alloc_low [S, W, R], alloc_high [S, Nn, R]; `uniforms` [S, 2+R] drive
-    sampling (unused when `given` or `deterministic`)."""
+    """One (task, node, allocation) choice per row. `masks` holds per-row task_mask [S, W+1]
+    ([S, 2W+1] with decline: the decline choices after the starts), node_mask [S, W, Nn],
+    alloc_low [S, W, R], alloc_high [S, Nn, R]; `uniforms` [S, 2+R] drive sampling (unused when
+    `given` or `deterministic`).
+
+    A decline (a network with `ModelConfig.decline`) takes no node or allocation: the node and
+    allocation heads still run on its row (one batch for all rows), and their log-probabilities
+    and entropies are multiplied by 0 there, exactly as for "do nothing"."""
     col = (lambda j: None) if uniforms is None else (lambda j: uniforms[:, j])  # noqa: E731
     S = rows.shape[0]
+    W = masks["node_mask"].shape[1]
     ar = torch.arange(S, device=rows.device)
     t_logits = net.task_logits(h, batch, rows, masks["task_mask"], pointer=pointer)
     # Without the pointer the task choice is uniform over the feasible ones: sampled even when the
     # rest of the decision is deterministic (an argmax of equal scores would always pick the first).
-    t_choice = _pick(t_logits, None if given is None else given.place + 1, deterministic and pointer, col(0))
+    t_given = None if given is None else choice_index(given.place, given.decline, W)
+    t_choice = _pick(t_logits, t_given, deterministic and pointer, col(0))
     logp_task, ent_task = _logp_entropy(t_logits, t_choice)
-    start = t_choice > 0
-    place = (t_choice - 1).clamp(min=0)
+    start = (t_choice > 0) & (t_choice <= W)
+    declined = t_choice > W  # only a network with decline has these choices
+    place = torch.where(declined, t_choice - W - 1, t_choice - 1).clamp(min=0)
 
     n_logits = net.node_logits(h, batch, rows, place, masks["node_mask"][ar, place])
     node = _pick(n_logits, None if given is None else given.node, deterministic, col(1))
@@ -109,10 +128,12 @@ def decide(net: TapFingerNet, h: dict, batch: GraphBatch, rows: torch.Tensor, ma
         logp_alloc = logp_alloc + lp
         ent_alloc = ent_alloc + en
     started = start.float()
+    none = torch.full_like(place, -1)
     return Decision(
-        place=torch.where(start, place, torch.full_like(place, -1)),
+        place=torch.where(start, place, none),
         node=node, alloc=torch.stack(amounts, dim=1),
         logp_task=logp_task, logp_rest=(logp_node + logp_alloc) * started,
         entropy=ent_task + (ent_node + ent_alloc) * started,
         task_probs=torch.softmax(t_logits, dim=-1), task_logits=t_logits,
-        head_entropy={"task": ent_task, "node": ent_node * started, "alloc": ent_alloc * started})
+        head_entropy={"task": ent_task, "node": ent_node * started, "alloc": ent_alloc * started},
+        decline=torch.where(declined, place, none) if net.cfg.decline else None, choice=t_choice)

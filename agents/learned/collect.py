@@ -52,6 +52,7 @@ class Episode:
     unfinished: int = 0  # tasks not finished at the end (a truncated episode), never in avg_jct
     sample_seed: int = 0  # seed of the episode's action sampling
     missed: int = 0  # tasks that missed their deadline (declined ones included)
+    declined: int = 0  # tasks declined (admission control), whoever declined them
 
     @property
     def num_rounds(self) -> int:
@@ -85,20 +86,44 @@ class EpisodeJob:
 
 def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario,
                    planner: RoundPlanner | None = None) -> RoundRecord:
-    """`planner`: the episode's planner, whose round arrays carry its greedy hints (and whose
-    GreedyPolicy must see every round, teacher rounds included)."""
-    from agents.learned.acting import round_arrays
-    from agents.learned.masks import MASK_KEYS
+    """A teacher's round as labels: one decision per agent that could decide (as the learner's
+    planner asks them). `planner`: the episode's planner, whose round arrays carry its greedy
+    hints (and whose GreedyPolicy must see every round, teacher rounds included), and which says
+    whether the learner may decline.
 
+    A teacher's decline (`actions.decline`) is labelled as the decline choice when the learner
+    has one (`RoundPlanner.decline`), and left out otherwise (the label is then the teacher's start,
+    or "do nothing"). An agent that both starts and declines in one round (the engine allows it,
+    the learner does one thing per round) is labelled with a two-step decision: the start, then the
+    decline under the masks after the start, as a multi-task sequence would be."""
+    from agents.learned.acting import round_arrays
+    from agents.learned.masks import MASK_KEYS, can_decide, decision_masks, update_masks
+    from tapfinger.sim.tables import static_tables
+
+    decline = planner is not None and planner.decline
     rec = RoundRecord(planner.round_arrays(obs) if planner is not None else round_arrays(obs, scenario))
+    able = can_decide(obs, decline)
+    declined = actions.decline if decline and actions.decline is not None else None
     for i in range(obs["task_mask"].shape[0]):
-        if not obs["task_mask"][i, 1:].any():
+        if not able[i]:
             continue
         p = int(actions.task[i])
-        masks = {k: obs[k][i] for k in MASK_KEYS}
-        step = Step(masks, p, int(actions.node[i]), actions.alloc[i].astype(np.int64),
-                    int(obs["window_id"][i, p]) if p >= 0 else -1, 1.0)
-        rec.decisions.append(AgentDecision(i, [step], 0.0))
+        dp = -1 if declined is None else int(declined[i])
+        stacked = decision_masks(obs, np.array([i]), decline)
+        masks = {k: stacked[k][0] for k in MASK_KEYS}
+        steps = []
+        if p >= 0 or dp < 0:  # the start, or "do nothing"
+            steps.append(Step(masks, p, int(actions.node[i]), actions.alloc[i].astype(np.int64),
+                              int(obs["window_id"][i, p]) if p >= 0 else -1, 1.0))
+        if dp >= 0:
+            if p >= 0:  # the decline after the start: masks as a sequence's next step
+                static = static_tables(scenario)
+                room = int(static.max_running[i] - (obs["running_id"][i] >= 0).sum()) - 1
+                masks = update_masks(masks, obs["node_free"][i].copy(), p, int(actions.node[i]), actions.alloc[i],
+                                     static.grid_max, obs["window_id"][i] >= 0, room)
+            steps.append(Step(masks, dp, 0, np.zeros(obs["alloc_low"].shape[2], dtype=np.int64),
+                              int(obs["window_id"][i, dp]), 1.0, decline=True))
+        rec.decisions.append(AgentDecision(i, steps, 0.0))
     return rec
 
 
@@ -106,12 +131,12 @@ class _Env:
     """One episode of the lockstep: its run, planner, sampling generator and what it recorded."""
 
     def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward: RewardSpec,
-                 greedy_hint: bool = False):
+                 greedy_hint: bool = False, decline: bool = False):
         scenario = job.scenario_of(scenario)
         self.scenario, self.job, self.reward = scenario, job, reward
         self.missed = 0
         self.run = EpisodeRun(scenario, job.seed, name=job.teacher or "tapfinger")
-        self.planner = RoundPlanner(scenario, acting, record_arrays=False, greedy_hint=greedy_hint)
+        self.planner = RoundPlanner(scenario, acting, record_arrays=False, greedy_hint=greedy_hint, decline=decline)
         self.rng = np.random.default_rng(job.sample_seed)
         self.teacher = None
         if job.teacher:
@@ -162,7 +187,7 @@ class _Env:
         result = self.run.result()
         rr = np.asarray(self.rewards, dtype=np.float64)
         return Episode(self.job.seed, self.rounds, rr, np.asarray(self.ended, dtype=bool), result.avg_jct,
-                       float(rr.sum()), result.unfinished, self.job.sample_seed, self.missed)
+                       float(rr.sum()), result.unfinished, self.job.sample_seed, self.missed, result.declined)
 
 
 @torch.no_grad()
@@ -176,7 +201,7 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
         raise ValueError("collect_lockstep plays all jobs sampled or all greedy; collect the others separately")
     deterministic = bool(jobs) and jobs[0].deterministic
     scorer = LockstepScorer(net, torch.device(device), acting.pointer)
-    envs = [_Env(scenario, job, acting, reward, net.cfg.greedy_hint) for job in jobs]
+    envs = [_Env(scenario, job, acting, reward, net.cfg.greedy_hint, net.cfg.decline) for job in jobs]
     active = list(envs)
     while active:
         waiting = [(env, req) for env in active if (req := env.begin_round()) is not None]

@@ -72,6 +72,9 @@ class TrainConfig:
     # deadline scenarios: each task that misses its deadline (declined, or unfinished at its deadline)
     # costs this many task-slots of reward, once (0 = JCT alone)
     miss_penalty: float = 0.0
+    # the decline action (admission control; ModelConfig.decline): auto = on exactly where the scenario
+    # has allow_decline; on = the same, refusing a scenario without it; off = never decline
+    decline: Literal["auto", "on", "off"] = "auto"
     eval_every: int = 5  # iterations between evaluations against --eval-heuristic (0 = never)
     eval_seeds: int = 5  # evaluation episodes (seeds 900..)
     eval_heuristic: str = "greedy"  # heuristic the periodic evaluation compares with
@@ -88,7 +91,15 @@ class TrainConfig:
         """The network's full configuration for `scenario` (imports torch)."""
         from agents.learned.model import ModelConfig
 
-        return ModelConfig.for_scenario(scenario, **asdict(self.model))
+        return ModelConfig.for_scenario(scenario, **asdict(self.model), decline=self.declines(scenario))
+
+    def declines(self, scenario: Scenario) -> bool:
+        """Whether the network of this run for `scenario` has the decline action (--decline)."""
+        if self.decline == "on" and not scenario.allow_decline:
+            raise ValueError(f"--decline on needs a scenario that allows declining tasks (allow_decline = true); "
+                             f"'{scenario.name}' does not. Fix: drop --decline (auto: on exactly where the scenario "
+                             f"allows it), or train on a scenario with allow_decline = true.")
+        return self.decline == "on" or (self.decline == "auto" and scenario.allow_decline)
 
     def acting_dict(self) -> dict:
         """The acting options as stored in a checkpoint."""
@@ -126,6 +137,7 @@ class TrainConfig:
             (self, "dagger_rounds", self.dagger_rounds >= 0, "at least 0"),
             (self, "reward_scale", self.reward_scale > 0, "greater than 0"),
             (self, "miss_penalty", self.miss_penalty >= 0, "0 or more"),
+            (self, "decline", self.decline in ("auto", "on", "off"), "auto, on or off"),
             (self, "eval_every", self.eval_every >= 0, "at least 0 (0 = never)"),
             (self, "eval_seeds", self.eval_seeds >= 1, "at least 1"),
             (self, "checkpoint_every", self.checkpoint_every >= 1, "at least 1"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from agents.export_format import (ACTING_KEYS, FORMAT, METADATA_KEY, OUTPUT_NAMES, PT2_EXTRA_FILE, ExportError,
+from agents.export_format import (ACTING_KEYS, FORMAT, METADATA_KEY, PT2_EXTRA_FILE, ExportError,
                                   expected_layout, stored_parts)
 from agents.learned.checkpoint import (load_checkpoint, read_payload, remove_stale_temps, scenario_fingerprint,
                                        temp_path)
@@ -42,8 +42,9 @@ def export_metadata(scenario: Scenario, cfg: ModelConfig, acting: dict, fmt: str
         "scenario": scenario.name,
         "scenario_fingerprint": scenario_fingerprint(scenario),
         "scenario_parts": stored_parts(scenario),  # so that a refusal can say what differs
-        "feature_layout": expected_layout(scenario, cfg.greedy_hint),
+        "feature_layout": expected_layout(scenario, cfg.greedy_hint, cfg.decline),
         "acting": {k: acting[k] for k in ACTING_KEYS if k in acting},
+        "decline": bool(cfg.decline),  # whether the policy declines tasks (admission control)
         "model_config": cfg.to_dict(),
         "tapfinger_version": __version__,
         "program": {"format": fmt, "torch": str(torch.__version__),
@@ -68,13 +69,14 @@ def write_pt2(program: torch.export.ExportedProgram, out: Path, meta: dict) -> P
 
 def write_onnx(program: torch.export.ExportedProgram, out: Path, meta: dict) -> Path:
     names = meta["feature_layout"]["inputs"]  # the interface the program was traced with
+    outputs = meta["feature_layout"]["outputs"]
     import warnings
 
     tmp = _tmp_path(out, ".onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and opset notes
         onnx_program = torch.onnx.export(program, dynamo=True, opset_version=ONNX_OPSET,
-                                         input_names=list(names), output_names=list(OUTPUT_NAMES),
+                                         input_names=list(names), output_names=list(outputs),
                                          verbose=False)
     props = onnx_program.model.metadata_props
     props[METADATA_KEY] = json.dumps(meta)

@@ -4,7 +4,8 @@
 own heads through `agents.learned.actor.decide` (greedy, with the shared tie rule), so the
 exported graph computes what the eager model computes. Its interface is
 `agents.export_format.INPUT_NAMES` / `OUTPUT_NAMES` (`HintedPolicyModule`: plus `HINT_INPUTS`, for
-a network with greedy hints); every size is dynamic (clusters, nodes, pending and running tasks,
+a network with greedy hints; a declining network outputs `DECLINE_OUTPUTS` too and takes a
+task_mask of 2W+1 choices); every size is dynamic (clusters, nodes, pending and running tasks,
 edges, deciding agents, window, node slots).
 """
 
@@ -67,7 +68,9 @@ class PolicyModule(nn.Module):
         masks = {"task_mask": task_mask, "node_mask": node_mask, "alloc_low": alloc_low, "alloc_high": alloc_high}
         d = decide(self.net, h, rows, agent, masks, deterministic=True, pointer=self.pointer)
         ar = torch.arange(agent.shape[0])
-        prob = d.task_probs[ar, d.place + 1]  # place -1 (do nothing) is choice 0
+        prob = d.task_probs[ar, d.choice]  # do nothing is choice 0
+        if d.decline is not None:  # a declining network (DECLINE_OUTPUTS)
+            return d.place, d.node, d.alloc, d.task_logits, prob, d.decline
         return d.place, d.node, d.alloc, d.task_logits, prob
 
 
@@ -128,6 +131,8 @@ def random_feeds(cfg: ModelConfig, N: int, nodes_per_cluster: list[int], P: int,
                  & (node_row[agents][:, None, :] >= 0))
     task_mask = np.concatenate([np.ones((S, 1), dtype=bool),
                                 (rng.random((S, W)) < 0.8) & node_mask.any(axis=2)], axis=1)
+    if cfg.decline:  # the decline choices: about half of the occupied places
+        task_mask = np.concatenate([task_mask, (rng.random((S, W)) < 0.5) & (window_row[agents] >= 0)], axis=1)
     feeds = {
         "cluster_x": rng.random((N, dims["cluster"]), dtype=np.float32),
         "node_x": rng.random((NT, dims["node"]), dtype=np.float32),
@@ -163,7 +168,7 @@ def example_feeds(cfg: ModelConfig) -> dict[str, np.ndarray]:
     return random_feeds(cfg, N=3, nodes_per_cluster=[2, 3, 2], P=9, M=5, W=11, S=2, seed=1)
 
 
-def dynamic_shapes(greedy_hint: bool = False) -> dict[str, dict[int, object]]:
+def dynamic_shapes(greedy_hint: bool = False, decline: bool = False) -> dict[str, dict[int, object]]:
     from torch.export import Dim
 
     N, NT, NN = Dim("clusters", min=1), Dim("nodes", min=1), Dim("node_slots", min=1)
@@ -173,7 +178,7 @@ def dynamic_shapes(greedy_hint: bool = False) -> dict[str, dict[int, object]]:
     shapes = {"cluster_x": {0: N}, "node_x": {0: NT}, "pending_x": {0: P}, "running_x": {0: M},
               "node_cluster": {0: NT}, "visible_edge": {1: EV}, "placed_edge": {1: EP},
               "window_row": {0: N, 1: W}, "node_row": {0: N, 1: NN}, "agent": {0: S},
-              "task_mask": {0: S, 1: W + 1}, "node_mask": {0: S, 1: W, 2: NN}, "alloc_low": {0: S, 1: W},
+              "task_mask": {0: S, 1: 2 * W + 1 if decline else W + 1}, "node_mask": {0: S, 1: W, 2: NN}, "alloc_low": {0: S, 1: W},
               "alloc_high": {0: S, 1: NN}}
     if greedy_hint:
         shapes.update({"hint_task": {0: N, 1: W + 1}, "hint_node": {0: N}, "hint_alloc": {0: N}})
@@ -184,4 +189,5 @@ def export_program(net: TapFingerNet, pointer: bool = True) -> torch.export.Expo
     module = policy_module(net.eval(), pointer=pointer).eval()
     args = feeds_to_tensors(example_feeds(net.cfg))
     with torch.no_grad():
-        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes(net.cfg.greedy_hint), strict=False)
+        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes(net.cfg.greedy_hint, net.cfg.decline),
+                                   strict=False)

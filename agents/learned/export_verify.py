@@ -3,7 +3,8 @@
 Choices are compared exactly: the eager model and the program apply the same greedy rule
 (`agents.learned.actor.greedy_pick`: the lowest index among choices within 1e-3 of the best
 logit), so twins that the runtimes score 1e-7 apart are picked alike. Logits are compared
-within 1e-4.
+within 1e-4. A declining network's decline choices are part of its task choice, and its
+"decline" output is compared like the place.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.export_format import GRAPH_INPUTS, HINT_INPUTS, OUTPUT_NAMES, ExportError, decision_feeds, graph_feeds
+from agents.export_format import GRAPH_INPUTS, HINT_INPUTS, ExportError, decision_feeds, graph_feeds, output_names
 from agents.exported import open_runner  # the runtime itself runs the written file
 from agents.learned.acting import round_arrays
-from agents.learned.actor import decide, greedy_pick
+from agents.learned.actor import choice_index, decide, greedy_pick
 from agents.learned.batch import collate
-from agents.learned.masks import MASK_KEYS
+from agents.learned.masks import MASK_KEYS, can_decide, decision_masks
 from agents.learned.model import TapFingerNet
 from tapfinger.sim.scenario import Scenario
 
@@ -31,8 +32,9 @@ def eager_outputs(net: TapFingerNet, arrays: dict[str, np.ndarray], agents: list
     h = net.encode(batch)
     m = {k: torch.as_tensor(v) for k, v in decision_feeds(agents, masks).items() if k != "agent"}
     d = decide(net, h, batch, torch.as_tensor(agents, dtype=torch.long), m, deterministic=True, pointer=pointer)
-    prob = d.task_probs[torch.arange(len(agents)), d.place + 1]
-    return [t.numpy() for t in (d.place, d.node, d.alloc, d.task_logits, prob)]
+    prob = d.task_probs[torch.arange(len(agents)), d.choice]
+    extra = () if d.decline is None else (d.decline,)  # a declining network's DECLINE_OUTPUTS
+    return [t.numpy() for t in (d.place, d.node, d.alloc, d.task_logits, prob, *extra)]
 
 
 def eager_outputs_for_feeds(net: TapFingerNet, feeds: dict[str, np.ndarray], pointer: bool = True
@@ -51,12 +53,14 @@ def eager_outputs_for_feeds(net: TapFingerNet, feeds: dict[str, np.ndarray], poi
 
 def compare_outputs(got: list[np.ndarray], want: list[np.ndarray], atol: float = 1e-4) -> str | None:
     """None if the greedy choices are equal and the logits close, else what differs. Node and
-    allocation are compared where a task is started (for "do nothing" they are unused)."""
+    allocation are compared where a task is started (for "do nothing" and declines they are unused)."""
+    if len(got) != len(want):
+        return f"outputs: exported {len(got)}, eager {len(want)}"
     started = want[0] >= 0
-    for name, g, w in zip(OUTPUT_NAMES, got, want):
+    for name, g, w in zip(output_names(len(want) > 5), got, want, strict=True):
         if name in ("node", "alloc"):
             g, w = g[started], w[started]
-        if name in ("place", "node", "alloc"):
+        if name in ("place", "node", "alloc", "decline"):
             if not np.array_equal(g, w):
                 return f"{name}: exported {g.tolist()} vs eager {w.tolist()}"
         else:
@@ -78,8 +82,11 @@ def greedy_mismatch(net: TapFingerNet, arrays: dict[str, np.ndarray], agents: li
     rows = torch.as_tensor(agents, dtype=torch.long)
     m = {k: torch.as_tensor(v) for k, v in decision_feeds(agents, masks).items() if k != "agent"}
     place, node, alloc = (torch.as_tensor(a) for a in got[:3])
+    if net.cfg.decline and len(got) < 6:
+        return "the program of a declining network has no 'decline' output"
+    decline = torch.as_tensor(got[5]) if net.cfg.decline else None
     ar = torch.arange(len(agents))
-    started = place >= 0  # node and amounts of a "do nothing" choice are unused
+    started = place >= 0  # node and amounts of a "do nothing" choice or a decline are unused
 
     def not_greedy(logits: torch.Tensor, pick: torch.Tensor, what: str, only: torch.Tensor | None = None
                    ) -> str | None:
@@ -98,7 +105,7 @@ def greedy_mismatch(net: TapFingerNet, arrays: dict[str, np.ndarray], agents: li
     if got_logits.shape != t_logits.shape or not torch.allclose(
             torch.where(live, got_logits, 0), torch.where(live, t_logits, 0), atol=1e-4, rtol=1e-4):
         return "task logits differ from the eager model's by more than 1e-4"
-    problem = not_greedy(t_logits, place + 1, "task")
+    problem = not_greedy(t_logits, choice_index(place, decline, m["node_mask"].shape[1]), "task")
     if problem:
         return problem
     at = place.clamp(min=0)
@@ -144,7 +151,7 @@ def sample_rounds(scenario: Scenario, net: TapFingerNet, acting: dict, seed: int
     out: list[dict[str, np.ndarray]] = []
 
     def on_round(info: RoundInfo) -> None:
-        if info.obs["task_mask"][:, 1:].any():
+        if can_decide(info.obs, net.cfg.decline).any():
             out.append({**info.obs, **planner.hints(info.obs)})  # the hints greedy made for this round
         if len(out) >= max_rounds:
             raise _Enough  # the one episode loop has no stop condition of its own
@@ -163,8 +170,9 @@ def verify_export(path: Path, fmt: str, scenario: Scenario, net: TapFingerNet, a
     runner = open_runner(path, fmt, scenario)
     pointer = bool(acting.get("pointer", True))
     for r, obs in enumerate(rounds):
-        agents = [i for i in range(obs["task_mask"].shape[0]) if obs["task_mask"][i, 1:].any()]
-        masks = [{k: obs[k][i] for k in MASK_KEYS} for i in agents]
+        agents = [int(i) for i in np.flatnonzero(can_decide(obs, net.cfg.decline))]
+        stacked = decision_masks(obs, np.asarray(agents, dtype=np.int64), net.cfg.decline)
+        masks = [{k: stacked[k][j] for k in MASK_KEYS} for j in range(len(agents))]
         hints = {k: obs[k] for k in HINT_INPUTS if k in obs}  # sample_rounds keeps them with the round
         got = runner.run({**graph_feeds(obs, scenario), **hints, **decision_feeds(agents, masks)})
         problem = greedy_mismatch(net, {**round_arrays(obs, scenario), **hints}, agents, masks, got,

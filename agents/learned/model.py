@@ -12,6 +12,12 @@ With `greedy_hint` the `greedy` heuristic's proposal for each agent (`agents.lea
 its task choice, node and amounts) is an input, and each head adds a learned weight times that
 proposal's one-hot to its logits (`TapFingerNet.hint_weight`), so that the network can copy
 greedy, or learn where to deviate from it, instead of re-learning greedy's planning from the graph.
+
+With `decline` (admission control, scenarios with `allow_decline`) the task choice widens from
+W+1 to 2W+1: 0 = do nothing, 1..W = start window place i-1, W+1..2W = decline window place i-W-1.
+The decline logits come from their own head (`decline_head`) on [agent context, task embedding],
+with the bias `DECLINE_INIT`. A decline has no node or allocation: its log-probability is that
+of the task choice alone.
 """
 
 from __future__ import annotations
@@ -36,6 +42,14 @@ NEG = -1e9  # masked logit; finite so that fully-masked rows never produce NaN
 # greedy play of the untrained network is about greedy's episode, while sampling still explores:
 # with ten feasible choices, greedy's gets e^3 / (e^3 + 9) = 0.69 of the probability.
 HINT_INIT = 3.0
+# The starting bias of the decline head (decline): an untrained or freshly cloned policy should
+# almost never decline, because a decline is irreversible and always a deadline miss, while a
+# wrong start or pass costs a slot at most. At -4, next to a start logit near 0, a decline gets
+# e^-4 = 1.8% of a start's probability: greedy play never declines until training raised the
+# head's output by about 4, and sampling still tries a decline now and then, so PPO with a miss
+# penalty (--miss-penalty) finds the states where declining pays (a hopeless task that would
+# otherwise hold resources others need to meet their deadlines).
+DECLINE_INIT = -4.0
 
 
 @dataclass
@@ -52,6 +66,7 @@ class ModelConfig:
     separate_critic: bool = False  # the critic's own encoder (False: shared with the actor)
     critic_progress: bool = False  # the critic also sees the episode's progress (EpisodeRun.progress_features)
     greedy_hint: bool = False  # greedy's proposal is an input, added to every head's logits (hint_weight)
+    decline: bool = False  # the task choice also offers "decline window place i" (decline_head)
 
     @classmethod
     def for_scenario(cls, scenario: Scenario, **kw) -> "ModelConfig":
@@ -130,6 +145,14 @@ class TapFingerNet(nn.Module):
         # without the option has no such parameter, so older checkpoints load unchanged.
         self.hint_weight = nn.Parameter(torch.full((2 + cfg.num_resources,), HINT_INIT)) \
             if cfg.greedy_hint else None
+        # decline: a score per window task from [agent context, task embedding], as the pointer's
+        # inputs but a head of its own (declining is a judgement of the task's prospects, not a
+        # preference among tasks to start); its output bias starts at DECLINE_INIT. Absent
+        # without the option, so older checkpoints load unchanged.
+        self.decline_head = mlp(2 * H, H, 1) if cfg.decline else None
+        if self.decline_head is not None:
+            with torch.no_grad():
+                self.decline_head[-1].bias.fill_(DECLINE_INIT)
 
     # ------------------------------------------------------------------ shared parts
     def encode(self, batch: GraphBatch) -> dict[str, torch.Tensor]:
@@ -194,14 +217,23 @@ class TapFingerNet(nn.Module):
     # ------------------------------------------------------------------ heads
     def task_logits(self, h: dict, batch: GraphBatch, rows: torch.Tensor, task_mask: torch.Tensor,
                     pointer: bool = True) -> torch.Tensor:
+        """[S, W+1] logits of the task choice (0 = do nothing, i = start place i-1); with `decline`
+        [S, 2W+1], W+i = decline place i-1. `task_mask` has the same width."""
         ctx = h["agent"][rows]
         pend = self.window_embeddings(h, batch, rows)
         if pointer:
             score = self.v(torch.tanh(self.q(ctx).unsqueeze(1) + self.k(pend))).squeeze(-1)
-            logits = torch.cat([self.none_head(ctx), score], dim=1)
+            parts = [self.none_head(ctx), score]
+            if self.decline_head is not None:
+                both = torch.cat([ctx.unsqueeze(1).expand(-1, pend.shape[1], -1), pend], dim=-1)
+                parts.append(self.decline_head(both).squeeze(-1))
+            logits = torch.cat(parts, dim=1)
             hints = self.hints_of(batch, rows)
             if hints is not None:
-                logits = logits + self.hint_weight[0] * hints["hint_task"]
+                hint = hints["hint_task"]  # greedy never declines: nothing on the decline choices
+                if self.decline_head is not None:
+                    hint = torch.cat([hint, torch.zeros_like(hint[:, 1:])], dim=1)
+                logits = logits + self.hint_weight[0] * hint
         else:  # ablation: uniform over the feasible choices (greedy's proposal too is ignored)
             logits = torch.zeros(task_mask.shape, device=ctx.device)
         return logits.masked_fill(~task_mask, NEG)

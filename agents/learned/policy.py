@@ -52,9 +52,10 @@ def score_rows(net: TapFingerNet, h: dict, batch, rows: np.ndarray, masks: dict[
     r = torch.as_tensor(rows, device=device)
     u = None if uniforms is None else torch.as_tensor(uniforms, device=device)
     d = decide(net, h, batch, r, m, deterministic=deterministic, uniforms=u, pointer=pointer)
-    prob = d.task_probs[torch.arange(r.shape[0], device=device), d.place + 1]  # "none" is choice 0
+    prob = d.task_probs[torch.arange(r.shape[0], device=device), d.choice]  # "none" is choice 0
     return Choices(d.place.cpu().numpy(), d.node.cpu().numpy(), d.alloc.cpu().numpy(), prob.cpu().numpy(),
-                   d.logp_task.cpu().numpy(), d.logp_rest.cpu().numpy())
+                   d.logp_task.cpu().numpy(), d.logp_rest.cpu().numpy(),
+                   decline=None if d.decline is None else d.decline.cpu().numpy())
 
 
 class _TorchRound:
@@ -93,7 +94,7 @@ class Planner(RoundPlanner):
 
     def __init__(self, net: TapFingerNet, scenario: Scenario, options: ActingOptions | None = None,
                  device: str | torch.device = "cpu"):
-        super().__init__(scenario, options, greedy_hint=net.cfg.greedy_hint)
+        super().__init__(scenario, options, greedy_hint=net.cfg.greedy_hint, decline=net.cfg.decline)
         self.net = net
         self.device = torch.device(device)
 

@@ -8,7 +8,9 @@ two mix in the same parameters, and these numbers say which one drives the updat
 separate critic (`ModelConfig.separate_critic`) the groups are disjoint and each is clipped to
 `max_grad_norm` on its own, so the critic's large early gradients never shrink the actor's step.
 Losers of a conflict keep their task log-probability in the loss; their node and allocation
-log-probabilities are left out (those choices never took effect).
+log-probabilities are left out (those choices never took effect). A decline (`Step.decline`, a
+network with `ModelConfig.decline`) is its task choice alone: `actor.decide` multiplies the node
+and allocation terms of its row by 0, in collection and update alike.
 
 A decision is all its steps (one in single-task mode, a sequence of choices in multi-task mode):
 its probability is the product of the steps' probabilities, each step scored with the masks it was
@@ -54,11 +56,13 @@ def _minibatch_tensors(samples: list[Sample], episodes: list[Episode], device: t
     masks = {k: torch.as_tensor(np.stack([st.masks[k] for st in steps]), device=device) for k in MASK_KEYS}
     masks["task_mask"] = masks["task_mask"].bool()
     masks["node_mask"] = masks["node_mask"].bool()
+    # a decline step's place is the declined task's (Step.decline); Decision keeps the two apart
     given = Decision(
-        place=torch.as_tensor([st.place for st in steps], device=device),
+        place=torch.as_tensor([-1 if st.decline else st.place for st in steps], device=device),
         node=torch.as_tensor([st.node for st in steps], device=device),
         alloc=torch.as_tensor(np.stack([st.alloc for st in steps]), device=device),
-        logp_task=None, logp_rest=None, entropy=None, task_probs=None)
+        logp_task=None, logp_rest=None, entropy=None, task_probs=None,
+        decline=torch.as_tensor([st.place if st.decline else -1 for st in steps], device=device))
     return (batch, torch.as_tensor(agent_rows, device=device), torch.as_tensor(step_rows, device=device),
             torch.as_tensor(step_owner, device=device), masks, given, torch.as_tensor(rest_on, device=device))
 

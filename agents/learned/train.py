@@ -12,6 +12,11 @@ sequence of choices and PPO learns the sequence's probability (agents.learned.pp
 imitation warm start stays single-step in that mode: a heuristic teacher labels one start per
 agent and round (collect.teacher_record), which trains the heads every step of a sequence uses;
 PPO then learns when to go on or stop a sequence.
+
+`--decline` (auto: on exactly where the scenario has `allow_decline`) gives the network the decline
+action (`ModelConfig.decline`, stored in the checkpoint): collection, PPO and evaluation offer it,
+a teacher's declines become labels (collect.teacher_record), and `--miss-penalty` is what makes a
+decline pay in PPO (a decline is a miss, charged like a late task).
 """
 
 from __future__ import annotations
@@ -110,8 +115,16 @@ class Trainer:
 
     def _init_from(self, path: Path) -> None:
         """Start from a trained policy (e.g. a shipped checkpoint): its weights; a separate critic
-        that the checkpoint lacks starts as a copy of the actor's encoder (its head is the stored one)."""
-        src = load_checkpoint(path, self.scenario).net
+        that the checkpoint lacks starts as a copy of the actor's encoder (its head is the stored one).
+
+        Declines: a checkpoint without the decline head (trained with --decline off, or on the
+        scenario before it allowed declining) gives this run every weight but that head, which
+        starts as a fresh network's (bias DECLINE_INIT: it almost never declines until PPO finds
+        where declining pays); so a policy trained without declines is fine-tuned with them. The
+        scenario must be the checkpoint's, except that it may allow declining where the
+        checkpoint's did not. A checkpoint with the head, on a run without declines, gives all but
+        the head."""
+        src = load_checkpoint(path, self._init_scenario(path)).net
         for name in ("hidden", "layers", "heads", "encoder"):
             if getattr(src.cfg, name) != getattr(self.model_cfg, name):
                 raise CheckpointError(f"--init-from {path} has --{name} {getattr(src.cfg, name)!r}, this run "
@@ -126,6 +139,20 @@ class Trainer:
         # The starting policy replaces the warm start; with --dagger-rounds it is the learner of an
         # expert iteration instead: it plays, the --imitate teacher (e.g. rollout) labels its states.
         self.imitation_done = not (self.cfg.imitate and self.cfg.dagger_rounds)
+
+    def _init_scenario(self, path: Path) -> Scenario:
+        """The scenario --init-from's checkpoint is checked against: this run's, or (when that is
+        what the checkpoint was trained on) the same scenario without allow_decline."""
+        from dataclasses import replace
+
+        from agents.learned.checkpoint import read_payload
+        from tapfinger.sim.scenario import scenario_fingerprint
+
+        if self.scenario.allow_decline:
+            without = replace(self.scenario, allow_decline=False)
+            if read_payload(path)["scenario_fingerprint"] == scenario_fingerprint(without):
+                return without
+        return self.scenario
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> None:
@@ -304,6 +331,8 @@ def _log_iteration(writer, steps: int, episodes: list[Episode], stats: dict, col
         writer.add_scalar("charts/unfinished_tasks", unfinished, steps)
     if any(e.missed for e in episodes):  # deadline scenarios (the miss penalty charges these)
         writer.add_scalar("charts/deadline_misses", float(np.mean([e.missed for e in episodes])), steps)
+    if any(e.declined for e in episodes):  # admission control (--decline): tasks declined per episode
+        writer.add_scalar("charts/declined", float(np.mean([e.declined for e in episodes])), steps)
     writer.add_scalar("charts/rounds_per_s", collect_rate, steps)  # collection alone
     writer.add_scalar("charts/SPS", overall_rate, steps)  # collection + update
     writer.add_scalar("charts/updates_per_s", 1.0 / max(update_s, 1e-9), steps)

@@ -51,6 +51,6 @@ class LockstepScorer:
         for _, req, _ in requests:
             sl = slice(start, start + len(req.agents))
             out.append(Choices(c.place[sl], c.node[sl], c.alloc[sl], c.task_prob[sl], c.logp_task[sl],
-                               c.logp_rest[sl]))
+                               c.logp_rest[sl], decline=None if c.decline is None else c.decline[sl]))
             start = sl.stop
         return out
