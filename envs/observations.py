@@ -13,6 +13,8 @@ Keys (W = window size, M = max running tasks, Nn = max nodes per cluster, R = re
 | node_id | (Nn,) | global node index, -1 = padding |
 | node_capacity, node_free | (Nn, R) | per node: the capacity available now (it follows the cluster's capacity schedule), and what of it is free |
 | node_kind | (Nn,) | 0 = edge, 1 = cloud, -1 = padding |
+| node_health | (Nn,) | 1 = up, 0 = failed or away (`[faults]`: seen when it happens, never before), -1 = padding |
+| node_speed | (Nn,) | current speed factor of the node (below 1 during a slowdown), 0 for padding |
 | window_id | (W,) | global task id, -1 = empty place |
 | window_type | (W,) | task type index, -1 = empty |
 | window_wait | (W,) | slots since arrival |
@@ -66,6 +68,8 @@ def observation_space(engine: Engine) -> spaces.Dict:
         "node_capacity": ints(0, cap, (Nn, R)),
         "node_free": ints(0, cap, (Nn, R)),
         "node_kind": ints(-1, 1, (Nn,)),
+        "node_health": ints(-1, 1, (Nn,)),
+        "node_speed": floats(0.0, 1.0, (Nn,)),
         "window_id": ints(-1, BIG, (W,)),
         "window_type": ints(-1, len(engine.scenario.task_types) - 1, (W,)),
         "window_wait": ints(0, BIG, (W,)),
@@ -121,6 +125,8 @@ def build_observations(engine: Engine) -> dict[str, np.ndarray]:
         "node_capacity": node_cap,
         "node_free": node_free,
         "node_kind": np.where(node_ok, st.node_kind[gnodes], -1),
+        "node_health": np.where(node_ok, e.node_state.up[gnodes], -1),
+        "node_speed": np.where(node_ok, e.node_state.speed[gnodes], 0.0).astype(np.float32),
         "window_id": np.where(occupied, win, -1),
         "window_type": np.where(occupied, wtype, -1),
         "window_wait": np.where(occupied, e.age[win], 0),

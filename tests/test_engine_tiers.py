@@ -280,6 +280,9 @@ def _check(eng: Engine) -> None:
     assert ((eng.status[:eng.T] == RUNNING).sum()) == live.size
     waiting = set(np.flatnonzero(eng.status[:eng.T] == WAITING).tolist())
     in_windows = set(eng.window[eng.window != eng.empty].tolist())
+    for c in range(eng.N):  # a task holds at most one place of a window (and none once started)
+        places = eng.window[c][eng.window[c] != eng.empty]
+        assert len(set(places.tolist())) == places.size
     assert in_windows <= waiting
     assert eng.num_waiting.tolist() == [int((eng.visible[:eng.T, c] & (eng.status[:eng.T] == WAITING)).sum())
                                         for c in range(eng.N)]

@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections import deque
 import numpy as np
 
-from tapfinger.sim.capacity import node_capacity_at
 from tapfinger.sim.progress import finished, progress_step
 from tapfinger.sim.scenario import Scenario
 from tapfinger.sim.tables import static_tables
@@ -89,12 +88,7 @@ class Engine(TierEvents, Snapshots):
         self.first_alloc = np.zeros((T + 1, self.R), dtype=np.int64)
         self.progress = np.zeros(T + 1)
         self.switches = np.zeros(T + 1, dtype=np.int64)
-        self.overhead = np.zeros(T + 1)  # seconds of restart still to pay before progress resumes
-        self.preemptions = np.zeros(T + 1, dtype=np.int64)
-        self.last_kind = np.full(T + 1, -1, dtype=np.int64)  # kind of the node it last ran on
-        self.declined_at = np.full(T + 1, -1, dtype=np.int64)
-        self.miss_counted = np.zeros(T + 1, dtype=bool)
-        self.node_capacity_now = node_capacity_at(self.scenario, 0)
+        self._reset_tiers(seed, T)
         self.node_free = self.node_capacity_now.copy()
         self.window = np.full((self.N, self.W), self.empty, dtype=np.int64)
         self.running = np.full((self.N, self.M), self.empty, dtype=np.int64)
@@ -260,6 +254,9 @@ class Engine(TierEvents, Snapshots):
         if self.preemptions[t]:  # a restart: ElasticFlow's restart cost, or a migration's
             moved = self.last_kind[t] != kind
             self.overhead[t] = self.scenario.migration_seconds if moved else self.scenario.restart_seconds
+            if self.hit_at[t] >= 0:  # back after a failure: how long it took
+                self.recovery_slots[t] += self.slot - self.hit_at[t]
+                self.hit_at[t] = -1
         else:
             self.start[t] = self.slot
             self.first_alloc[t] = alloc
@@ -286,8 +283,7 @@ class Engine(TierEvents, Snapshots):
         self._count_misses()
         self.slot += 1
         self.round = 0
-        if self.scenario.capacity_varies:
-            self._change_capacity(node_capacity_at(self.scenario, self.slot))
+        self._slot_events()
         self._arrive()
         if self.next_arrival >= self.T and self.finished_count + self.declined_count == self.T:
             self.done = True
@@ -318,6 +314,8 @@ class Engine(TierEvents, Snapshots):
             dp *= np.clip(1.0 - over / slot_s, 0.0, 1.0)
             self.overhead[ids] = np.where(below, over, np.maximum(over - slot_s, 0.0))
         dp *= st.node_speed[ttype, self.node[ids]]
+        if self.fault_timeline is not None:
+            dp = self._fault_progress(ids, dp, below)
         self.progress[ids] = p + dp
         self.prev_alloc[ids] = alloc
         done = ids[finished(self.progress[ids])]

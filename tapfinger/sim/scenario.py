@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from tapfinger.sim.textfile import read_text
+# The settings of issues 14 and 15 live in tier_settings; importable from here too, beside the others.
+from tapfinger.sim.tier_settings import (CAPACITY_CURVES, CLUSTER_KINDS, DEADLINE_RULES,  # noqa: F401
+                                         FAULT_EVENTS, SHRINK_RULES, CapacitySchedule, Deadlines, Faults)
 
 VISIBILITY_MODES = ("random-subset", "all", "home")
 ARRIVAL_PROCESSES = ("poisson", "trace")
 PROGRESS_MODELS = ("synthetic", "profile", "throughput")
-CLUSTER_KINDS = ("edge", "cloud")
-CAPACITY_CURVES = ("constant", "tidal", "csv")
-SHRINK_RULES = ("preempt", "shrink")
-DEADLINE_RULES = ("none", "elasticflow")
 # Resources every progress model is indexed by; others (e.g. `mem`) are requirements only.
 SPEED_RESOURCES = ("cpu", "gpu")
 SHARED_DATA_ENV = "TAPFINGER_SHARED_DATA"
@@ -73,33 +72,6 @@ class TaskType:
 
 
 @dataclass(frozen=True)
-class CapacitySchedule:
-    """The share of a cluster's capacity available over time (`capacity = {...}` of a cluster).
-
-    `constant`: all of it, always. `tidal`: the owner's own load follows the day,
-    load(t) = peak_load * (trough_ratio + (1 - trough_ratio) * (1 + cos(2 pi (t - peak_seconds) / period_seconds)) / 2),
-    so at `peak_seconds` the load is `peak_load` and half a period later `peak_load * trough_ratio`
-    (EdgeFlow: edge load at midnight is about 1/50 of the peak); the available share is 1 - load.
-    `csv`: a step function read from a file of (time_seconds, available) rows, each value holding
-    until the next row (the first row's time must be 0). t is seconds since the episode's start
-    plus `start_seconds`. `tapfinger/sim/capacity.py` turns the share into node capacities."""
-
-    curve: str = "constant"
-    period_seconds: float = 86_400.0
-    peak_load: float = 0.0
-    trough_ratio: float = 1.0
-    peak_seconds: float = 0.0
-    start_seconds: float = 0.0
-    file: str = ""  # csv: the resolved path
-    times: tuple[float, ...] = ()  # csv: the rows, read on load
-    shares: tuple[float, ...] = ()
-
-    @property
-    def varies(self) -> bool:
-        return self.curve != "constant"
-
-
-@dataclass(frozen=True)
 class Cluster:
     name: str
     nodes: tuple[tuple[int, ...], ...]
@@ -142,21 +114,6 @@ class Uncertainty:
 
 
 @dataclass(frozen=True)
-class Deadlines:
-    """How Poisson tasks (and trace rows without a deadline) get a deadline (`[deadlines]`).
-
-    `elasticflow` (ElasticFlow's rule): deadline = arrival + floor(U(slack_low, slack_high) x duration),
-    duration = the slots the task needs alone at its type's requested allocation on a cloud node
-    (at least one slot); a share `1 - fraction` of the tasks is best-effort (no deadline). Drawn from
-    a stream of its own, so the arrivals of a seed are those of the scenario without deadlines."""
-
-    rule: str = "none"
-    slack_low: float = 0.5
-    slack_high: float = 1.5
-    fraction: float = 1.0
-
-
-@dataclass(frozen=True)
 class Scenario:
     name: str
     resources: tuple[str, ...]
@@ -187,6 +144,10 @@ class Scenario:
     # <-> edge: EdgeFlow's migration takes minutes).
     restart_seconds: float = 0.0
     migration_seconds: float = 0.0
+    # Failures, slowdowns, departures and checkpoints. Not in the fingerprint (like the arrivals, they
+    # change what happens to a policy, not what it is built for: a policy is measured at fault rates
+    # it was not trained at).
+    faults: Faults = field(default_factory=Faults)
     source: str = field(default="<built-in>", compare=False)
 
     @property

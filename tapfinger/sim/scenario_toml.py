@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tapfinger.sim import scenario_toml_faults as fault_table
 from tapfinger.sim import scenario_toml_tiers as tiers
 from tapfinger.sim.scenario import (ARRIVAL_PROCESSES, CLUSTER_KINDS, MAX_RATE, MAX_SIGMA, MAX_SLOTS, MAX_TASKS,
                                     PROGRESS_MODELS, SPEED_RESOURCES, VISIBILITY_MODES, Arrivals, Cluster, ProgressSpec,
@@ -22,7 +23,8 @@ TOP_LEVEL_KEYS = {"name", "description", "resources", "clusters", "task_types", 
                   "visibility", "window_size", "slot_seconds", "switch_weight", "allow_preemption",
                   "profile", "startup_seconds", "max_slots", "uncertainty",
                   # issue 14: deadlines and the cloud-edge tier (read in scenario_toml_tiers)
-                  "allow_decline", "on_shrink", "restart_seconds", "migration_seconds", "deadlines"}
+                  "allow_decline", "on_shrink", "restart_seconds", "migration_seconds", "deadlines",
+                  "faults"}  # issue 15: failures, slowdowns, departures, checkpoints (scenario_toml_faults)
 
 
 class _Reader:
@@ -121,9 +123,10 @@ def parse_scenario(data: dict, source: str, base_dir: Path | None = None,
     settings = _settings(rd, data) | tiers.tier_settings(rd, data)
     deadlines = tiers.deadlines(rd, data)
     uncertainty = _uncertainty(rd, data, task_types)
+    faults = fault_table.faults(rd, data, clusters, base_dir, resolve_files)
     scen = Scenario(name=name, resources=resources, clusters=clusters, task_types=task_types,
                     arrivals=arrivals, grid_max=grid_max, profile=profile, source=source,
-                    uncertainty=uncertainty, deadlines=deadlines, **settings)
+                    uncertainty=uncertainty, deadlines=deadlines, faults=faults, **settings)
     _check_startable(scen, rd)
     _check_requests(scen, rd)
     _check_arrival_span(scen, rd)

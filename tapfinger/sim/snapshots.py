@@ -22,7 +22,8 @@ class Snapshots:
     # Per-task arrays, each with the sentinel row last: what `fork` carries over for arrived tasks.
     _TASK_ARRAYS = ("task_type", "arrival", "work", "work_estimate", "deadline", "visible", "vis_count", "status", "age", "start",
                     "finish", "cluster", "node", "alloc", "prev_alloc", "first_alloc", "progress", "switches",
-                    "overhead", "preemptions", "last_kind", "declined_at", "miss_counted")
+                    "overhead", "preemptions", "last_kind", "declined_at", "miss_counted", "checkpoint",
+                    "since_checkpoint", "lost_work", "failures", "hit_at", "recovery_slots")
 
     def fork(self, future: Workload | None = None, work: np.ndarray | None = None):
         """A copy of this episode's present with another future: the tasks that have arrived (in every
@@ -59,6 +60,10 @@ class Snapshots:
         for name in ("node_free", "num_running", "num_waiting", "invalid_actions", "conflicts", "last_rewards",
                      "node_capacity_now", "slot_declines", "last_misses"):
             setattr(eng, name, getattr(self, name).copy())
+        # A planner's fork knows the nodes' state now, not their future: no fault comes in it.
+        eng.node_state = self.node_state.copy()
+        eng.fault_timeline = None
+        eng.fault_log = list(self.fault_log)
         eng.done = eng.next_arrival >= T and eng.finished_count + eng.declined_count == T
         return eng
 
@@ -87,5 +92,8 @@ class Snapshots:
             "met": met,
             "lateness": np.where(late, finish + 1 - deadline, -1),
             "preemptions": self.preemptions[:T].copy(),
+            "failures": self.failures[:T].copy(),
+            "lost_work": self.lost_work[:T].copy(),
+            "recovery_slots": self.recovery_slots[:T].copy(),
         }
 
