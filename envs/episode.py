@@ -65,6 +65,17 @@ class EpisodeResult:
         return int((~self.finished & ~self.declined_mask).sum())
 
     @property
+    def deadline_ratio(self) -> float:
+        """Tasks that met their deadline over the tasks that have one (declined, late and unfinished
+        ones missed it); nan when no task has a deadline. `met` is the engine's (task_records)."""
+        if "deadline" not in self.records or "met" not in self.records:  # records of an older engine
+            return float("nan")
+        has = self.records["deadline"] >= 0
+        if not has.any():
+            return float("nan")
+        return float(self.records["met"][has].mean())
+
+    @property
     def avg_jct(self) -> float:
         """Mean JCT of the finished tasks (unfinished ones are reported by `unfinished`, never
         averaged in); nan when none finished."""

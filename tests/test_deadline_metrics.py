@@ -276,3 +276,22 @@ def test_no_deadline_difference_without_deadlines():
     per = {n: {s: fake(s, 4.0) for s in SEEDS} for n in ("min", "fifo")}
     out = evaluation(per)
     assert "best_deadline_heuristic" not in out and "deadline_diff_vs_best" not in out["policies"]["min"]
+
+
+def test_training_keeps_the_policy_meeting_most_deadlines_as_best():
+    from agents.learned.train import EvalResult
+
+    nan = float("nan")
+    assert EvalResult(9.0, 0, 0.8).better_than(EvalResult(5.0, 0, 0.7))  # more deadlines met beats a lower JCT
+    assert not EvalResult(5.0, 0, 0.7).better_than(EvalResult(9.0, 0, 0.8))
+    assert EvalResult(4.0, 0, 0.8).better_than(EvalResult(5.0, 0, 0.8))  # a tie: the lower JCT
+    assert EvalResult(4.0, 0, nan).better_than(EvalResult(5.0, 0, nan)) and EvalResult(4.0, 0).better_than(None)
+    assert not EvalResult(5.0, 0, nan).better_than(EvalResult(5.0, 0, nan))  # strict, as before
+
+
+def test_episode_result_deadline_ratio_counts_the_engines_met():
+    rec = records()
+    res = result(rec)
+    has = rec["deadline"] >= 0
+    assert res.deadline_ratio == pytest.approx(rec["met"][has].mean())
+    assert math.isnan(result(records(has_deadline=False)).deadline_ratio)

@@ -53,6 +53,7 @@ class Episode:
     sample_seed: int = 0  # seed of the episode's action sampling
     missed: int = 0  # tasks that missed their deadline (declined ones included)
     declined: int = 0  # tasks declined (admission control), whoever declined them
+    deadline_ratio: float = float("nan")  # as `EpisodeResult.deadline_ratio` (nan without deadlines)
 
     @property
     def num_rounds(self) -> int:
@@ -187,7 +188,8 @@ class _Env:
         result = self.run.result()
         rr = np.asarray(self.rewards, dtype=np.float64)
         return Episode(self.job.seed, self.rounds, rr, np.asarray(self.ended, dtype=bool), result.avg_jct,
-                       float(rr.sum()), result.unfinished, self.job.sample_seed, self.missed, result.declined)
+                       float(rr.sum()), result.unfinished, self.job.sample_seed, self.missed, result.declined,
+                       result.deadline_ratio)
 
 
 @torch.no_grad()
