@@ -366,3 +366,16 @@ def test_the_exact_optimum_refuses_settings_its_program_does_not_model():
     scen = dataclasses.replace(scenario(), allow_decline=True)
     with pytest.raises(ValueError, match="declines.*does not model"):
         optimal(scen, workload([0, 0]))
+
+
+def test_teacher_labels_the_learners_masks_forbid_are_left_out():
+    from agents.learned.collect import teacher_record
+
+    eng = Engine(scenario())
+    eng.reset(0, workload([0, 0]))
+    obs = build_observations(eng)
+    ok, too_big = RoundActions.nothing(1, 2), RoundActions.nothing(1, 2)
+    ok.task[0], ok.alloc[0] = 0, (2, 1)
+    too_big.task[0], too_big.alloc[0] = 0, (9, 9)  # more than the node has: the masks forbid it
+    assert len(teacher_record(obs, ok, eng.scenario).decisions) == 1
+    assert teacher_record(obs, too_big, eng.scenario).decisions == []

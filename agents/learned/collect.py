@@ -96,7 +96,12 @@ def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario,
     has one (`RoundPlanner.decline`), and left out otherwise (the label is then the teacher's start,
     or "do nothing"). An agent that both starts and declines in one round (the engine allows it,
     the learner does one thing per round) is labelled with a two-step decision: the start, then the
-    decline under the masks after the start, as a multi-task sequence would be."""
+    decline under the masks after the start, as a multi-task sequence would be.
+
+    A label the learner's masks forbid is left out with its whole decision: a teacher may do what the
+    learner cannot in one choice, e.g. start a task in room it made by shrinking a running task in
+    the same round (elasticflow, edgeflow), and a forbidden label has a log-probability of about
+    -1e9, which would swamp every other label's loss."""
     from agents.learned.acting import round_arrays
     from agents.learned.masks import MASK_KEYS, can_decide, decision_masks, update_masks
     from tapfinger.sim.tables import static_tables
@@ -124,8 +129,21 @@ def teacher_record(obs: dict[str, np.ndarray], actions, scenario: Scenario,
                                      static.grid_max, obs["window_id"][i] >= 0, room)
             steps.append(Step(masks, dp, 0, np.zeros(obs["alloc_low"].shape[2], dtype=np.int64),
                               int(obs["window_id"][i, dp]), 1.0, decline=True))
-        rec.decisions.append(AgentDecision(i, steps, 0.0))
+        if all(_label_allowed(step) for step in steps):
+            rec.decisions.append(AgentDecision(i, steps, 0.0))
     return rec
+
+
+def _label_allowed(step: Step) -> bool:
+    """Whether the learner's masks allow a labelled step: its task choice, node and amounts."""
+    m = step.masks
+    W = m["node_mask"].shape[0]
+    if step.decline:
+        return bool(m["task_mask"][W + 1 + step.place])
+    if step.place < 0:
+        return bool(m["task_mask"][0])
+    return bool(m["task_mask"][step.place + 1] and m["node_mask"][step.place, step.node]
+                and (m["alloc_low"][step.place] <= step.alloc).all() and (step.alloc <= m["alloc_high"][step.node]).all())
 
 
 class _Env:
