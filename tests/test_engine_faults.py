@@ -215,3 +215,30 @@ def test_invariants_under_random_faults_and_actions(seed, mtbf, repair, ckpt, p_
         _check(eng)
     rec = eng.task_records()
     assert eng.truncated or ((rec["jct"] >= 0).all() and (eng.status[:eng.T] == FINISHED).all())
+
+
+def test_a_task_a_fault_stopped_pays_the_fault_restart_and_only_the_leaving_clusters_leave():
+    faults = Faults(events=((20.0, 0, "fail", 0.0), (40.0, 0, "repair", 0.0)), restart_seconds=15.0,
+                    checkpoint_seconds=30.0)
+    eng = Engine(scenario(faults), strict=True)
+    eng.reset(0, one_task())
+    start(eng)
+    end_slot(eng)  # 10%, checkpointed; the failure during slot 0 takes nothing more
+    end_slot(eng)  # repaired during slot 1
+    start(eng)
+    end_slot(eng)  # half the slot spent restarting: 10% + 5%
+    assert eng.progress[0] == pytest.approx(0.15) and eng.task_records()["recovery_slots"][0] == 2
+    sc = scenario(Faults(leave_mtbf_seconds=10.0, absence_seconds=10.0, leave_clusters=("b",)),
+                  clusters=(Cluster("a", ((4, 2),)), Cluster("b", ((4, 2),) * 2)))
+    events = FaultTimeline(sc, 0, 3, np.array([0, 1, 1])).events_until(1000.0)
+    assert events and {node for _, node, _, _ in events} == {1, 2}
+    assert {event for _, _, event, _ in events} == {"leave", "join"}
+
+
+def test_edge_faulty_is_edge_default_with_faults():
+    from tapfinger.sim.scenario import load_scenario
+
+    faulty, base = load_scenario("edge-faulty"), load_scenario("edge-default")
+    assert scenario_fingerprint(faulty) == scenario_fingerprint(base)  # the edge-default policy runs on it
+    assert dataclasses.replace(faulty, faults=Faults(), name=base.name, description=base.description) == base
+    assert faulty.faults.active and faulty.faults.leave_clusters == ("retail",)

@@ -254,9 +254,10 @@ class Engine(TierEvents, Snapshots):
         if self.preemptions[t]:  # a restart: ElasticFlow's restart cost, or a migration's
             moved = self.last_kind[t] != kind
             self.overhead[t] = self.scenario.migration_seconds if moved else self.scenario.restart_seconds
-            if self.hit_at[t] >= 0:  # back after a failure: how long it took
+            if self.hit_at[t] >= 0:  # back after a failure or departure: how long it took, what it costs
                 self.recovery_slots[t] += self.slot - self.hit_at[t]
                 self.hit_at[t] = -1
+                self.overhead[t] += self.scenario.faults.restart_seconds
         else:
             self.start[t] = self.slot
             self.first_alloc[t] = alloc
@@ -306,7 +307,7 @@ class Engine(TierEvents, Snapshots):
         switched = (alloc != self.prev_alloc[ids]).any(axis=1) & (self.start[ids] < self.slot)
         dp[switched] *= self.scenario.switch_weight
         self.switches[ids[switched]] += 1
-        if self.scenario.restart_seconds or self.scenario.migration_seconds:
+        if self.scenario.restart_seconds or self.scenario.migration_seconds or self.scenario.faults.restart_seconds:
             # an elastic resize restarts the job (ElasticFlow): no progress until the restart is paid
             over = self.overhead[ids]
             over[switched] = np.maximum(over[switched], self.scenario.restart_seconds)

@@ -48,9 +48,10 @@ class NodeState:
         return NodeState(self.failed.copy(), self.away.copy(), self.speed.copy())
 
 
-def fault_nodes(scenario: Scenario, num_nodes: int, node_cluster: np.ndarray) -> np.ndarray:
-    """Global indices of the nodes that may fail (those of `[faults] clusters`, or all)."""
-    wanted = scenario.faults.clusters
+def fault_nodes(scenario: Scenario, num_nodes: int, node_cluster: np.ndarray, departures: bool = False) -> np.ndarray:
+    """Global indices of the nodes that may fail (those of `[faults] clusters`, or all); with
+    `departures`, those that may leave (`leave_clusters`, else the same)."""
+    wanted = (departures and scenario.faults.leave_clusters) or scenario.faults.clusters
     if not wanted:
         return np.arange(num_nodes)
     names = [c.name for c in scenario.clusters]
@@ -70,9 +71,9 @@ class FaultTimeline:
                        2: (f.leave_mtbf_seconds, f.absence_seconds)}
         self.slowdown_factor = f.slowdown_factor
         self.seed = seed
-        for node in fault_nodes(scenario, num_nodes, node_cluster):
-            for proc, (gap, _) in self._means.items():
-                if gap > 0:
+        for proc, (gap, _) in self._means.items():
+            if gap > 0:
+                for node in fault_nodes(scenario, num_nodes, node_cluster, departures=proc == 2):
                     self._push(int(node), proc, 0, 0.0)
 
     def _draw(self, node: int, proc: int, mean: float) -> float:

@@ -26,7 +26,7 @@ from tapfinger.sim.textfile import read_text
 if TYPE_CHECKING:  # only for annotations: scenario_toml imports this module
     from tapfinger.sim.scenario_toml import _Reader
 
-FAULT_KEYS = {"clusters", "mtbf_seconds", "repair_seconds", "slowdown_mtbf_seconds", "slowdown_seconds",
+FAULT_KEYS = {"clusters", "leave_clusters", "restart_seconds", "mtbf_seconds", "repair_seconds", "slowdown_mtbf_seconds", "slowdown_seconds",
               "slowdown_factor", "leave_mtbf_seconds", "absence_seconds", "events", "checkpoint_seconds",
               "checkpoint_cost_seconds"}
 # A process runs only with both its mean gap and its mean length.
@@ -43,11 +43,7 @@ def faults(rd: _Reader, data: dict, clusters: tuple[Cluster, ...], base_dir: Pat
         return Faults()
     rd.unknown_keys(table, "faults", FAULT_KEYS)
     names = [c.name for c in clusters]
-    chosen = rd.get(table, "clusters", "faults", list, default=[], fix=f"write e.g. clusters = [{names[0]!r}]")
-    unknown = [c for c in chosen if c not in names]
-    if unknown or not all(isinstance(c, str) for c in chosen):
-        raise rd.fail("faults.clusters", f"names no cluster of the scenario: {unknown or chosen!r}",
-                      f"use cluster names from {names} (or leave it out: every cluster's nodes may fail)")
+    chosen, leaving = (_cluster_names(rd, table, key, names) for key in ("clusters", "leave_clusters"))
     seconds = {k: float(rd.number(table, k, "faults", 0.0, low=0.0)) for p in PAIRS for k in p}
     for gap, length in PAIRS:
         if (seconds[gap] > 0) != (seconds[length] > 0):
@@ -63,10 +59,20 @@ def faults(rd: _Reader, data: dict, clusters: tuple[Cluster, ...], base_dir: Pat
         events, file = read_event_csv(path, clusters, f"scenario {rd.source}: key 'faults.events': fault events"), str(path)
     elif spec:
         file = spec
-    return Faults(clusters=tuple(chosen), slowdown_factor=factor, events=events, file=file,
+    return Faults(clusters=chosen, leave_clusters=leaving, slowdown_factor=factor, events=events, file=file,
                   checkpoint_seconds=float(rd.number(table, "checkpoint_seconds", "faults", 0.0, low=0.0)),
                   checkpoint_cost_seconds=float(rd.number(table, "checkpoint_cost_seconds", "faults", 0.0, low=0.0)),
+                  restart_seconds=float(rd.number(table, "restart_seconds", "faults", 0.0, low=0.0)),
                   **seconds)
+
+
+def _cluster_names(rd: _Reader, table: dict, key: str, names: list[str]) -> tuple[str, ...]:
+    chosen = rd.get(table, key, "faults", list, default=[], fix=f"write e.g. {key} = [{names[0]!r}]")
+    unknown = [c for c in chosen if c not in names]
+    if unknown or not all(isinstance(c, str) for c in chosen):
+        raise rd.fail(f"faults.{key}", f"names no cluster of the scenario: {unknown or chosen!r}",
+                      f"use cluster names from {names} (or leave it out: every cluster's nodes)")
+    return tuple(chosen)
 
 
 def read_event_csv(path: Path, clusters: tuple[Cluster, ...], what: str = "fault events"

@@ -67,7 +67,7 @@ class Faults:
     so every policy of a seed meets the same faults: failures every Exp(mtbf_seconds), each repaired
     after Exp(repair_seconds); slowdowns every Exp(slowdown_mtbf_seconds) to `slowdown_factor` of the
     node's speed for Exp(slowdown_seconds); departures every Exp(leave_mtbf_seconds), back after
-    Exp(absence_seconds) (a mobile device that leaves). Or the events of a file, replayed
+    Exp(absence_seconds) (a mobile device that leaves; of the nodes of `leave_clusters` when given). Or the events of a file, replayed
     (`events`: (time_seconds, global node, event, value), event in FAULT_EVENTS). A failure loses the
     progress its tasks made since their last checkpoint; a departure is announced, so its tasks keep
     theirs. A running task checkpoints after every `checkpoint_seconds` of running (0 = never: a
@@ -82,10 +82,14 @@ class Faults:
     slowdown_factor: float = 0.5
     leave_mtbf_seconds: float = 0.0
     absence_seconds: float = 0.0
+    leave_clusters: tuple[str, ...] = ()  # whose nodes leave (empty = those of `clusters`)
     events: tuple[tuple[float, int, str, float], ...] = ()
     file: str = ""  # the event file's resolved path (its rows are `events`)
     checkpoint_seconds: float = 0.0
     checkpoint_cost_seconds: float = 0.0
+    # seconds of no progress when a task a failure or departure stopped starts again (loading its
+    # checkpoint, a container start), on top of the scenario's restart_seconds
+    restart_seconds: float = 0.0
 
     @property
     def active(self) -> bool:

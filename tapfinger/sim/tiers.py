@@ -86,15 +86,20 @@ class TierEvents:
             for _, node, event, value in self.fault_timeline.events_until(self.slot * self.scenario.slot_seconds):
                 if event == "fail" and not self.node_state.failed[node]:
                     self._lose_since_checkpoint(node, ended)
+                elif event == "leave" and self.node_state.up[node]:
+                    self.hit_at[self._tasks_on(node)] = ended  # announced: nothing lost, a restart to pay
                 apply_event(self.node_state, node, event, value)
                 self.fault_log.append((ended, int(node), event))
         if self.scenario.capacity_varies or self.fault_timeline is not None:
             cap = node_capacity_at(self.scenario, self.slot)
             self._change_capacity(np.where(self.node_state.up[:, None], cap, 0))
 
-    def _lose_since_checkpoint(self, node: int, slot: int) -> None:
+    def _tasks_on(self, node: int) -> np.ndarray:
         ids = self.running[self.running != self.empty]
-        hit = ids[self.node[ids] == node]
+        return ids[self.node[ids] == node]
+
+    def _lose_since_checkpoint(self, node: int, slot: int) -> None:
+        hit = self._tasks_on(node)
         self.lost_work[hit] += self.progress[hit] - self.checkpoint[hit]
         self.progress[hit] = self.checkpoint[hit]
         self.failures[hit] += 1
