@@ -84,6 +84,13 @@ def declines(meta: dict) -> bool:
     return isinstance(layout, dict) and layout.get("outputs") == list(output_names(True))
 
 
+def hint_policy(meta: dict) -> str:
+    """The heuristic whose proposals a hinted program takes (its model_config's; older files: greedy)."""
+    cfg = meta.get("model_config") if isinstance(meta, dict) else None
+    name = cfg.get("hint_policy", "greedy") if isinstance(cfg, dict) else "greedy"
+    return name if isinstance(name, str) else "greedy"
+
+
 def takes_hints(meta: dict) -> bool:
     """Whether the program of this metadata takes greedy's proposals (its inputs end with HINT_INPUTS)."""
     layout = meta.get("feature_layout") if isinstance(meta, dict) else None

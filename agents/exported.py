@@ -26,8 +26,8 @@ import numpy as np
 from agents.base import Policy
 from agents.export_format import (ACTING_KEYS, FORMAT, INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, PT2_EXTRA_FILE,
                                   ExportedPolicyError, check_metadata, decision_feeds, declines, expected_layout,
-                                  graph_feeds, input_names, output_names, round_feeds, stacked_decision_feeds,
-                                  takes_hints)
+                                  graph_feeds, hint_policy, input_names, output_names, round_feeds,
+                                  stacked_decision_feeds, takes_hints)
 from agents.learned.acting import ActingOptions, Choices, RoundPlanner, Step
 from agents.learned.masks import MASK_KEYS
 from agents.pt2_archive import UnsafeProgramError, check_pt2_archive, count_nonfinite_weights, read_pt2_metadata
@@ -254,7 +254,8 @@ class ExportedPolicy(Policy):
         # scenario that does not allow declining)
         self.planner = RoundPlanner(scenario, ActingOptions(**acting), record_arrays=False,
                                     greedy_hint=takes_hints(self.runner.metadata),
-                                    decline=declines(self.runner.metadata))
+                                    decline=declines(self.runner.metadata),
+                                    hint_policy=hint_policy(self.runner.metadata))
         self.scorer = ProgramScorer(self.runner, Path(path))
 
     @property

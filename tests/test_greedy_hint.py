@@ -307,3 +307,35 @@ def test_hinted_onnx_policy_runs_without_torch(exported):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"')) == []
+
+
+def test_another_heuristic_can_make_the_hints_and_planners_or_learned_policies_cannot():
+    from agents.heuristics.deadline_aware import EdgeFlowPolicy
+    from tapfinger.sim.scenario import load_scenario
+    from agents.learned.acting import RoundPlanner, hint_arrays
+    from envs.observations import build_observations
+    from tapfinger.sim.engine import Engine
+
+    sc = load_scenario("cloud-edge")
+    sc = dataclasses.replace(sc, arrivals=dataclasses.replace(sc.arrivals, tasks=20))
+    planner = RoundPlanner(sc, greedy_hint=True, hint_policy="edgeflow", decline=True)
+    reference = EdgeFlowPolicy(sc)
+    reference.reset(0)
+    eng = Engine(sc)
+    eng.reset(3)
+    starts = 0
+    for _ in range(40):  # rounds of edgeflow's own episode: the planner's edgeflow proposes the same
+        obs = build_observations(eng)
+        actions = reference.act(obs)
+        got = planner.hints(obs)
+        want = hint_arrays(actions, sc.window_size)
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+        starts += int((actions.task >= 0).sum())
+        actions.play(eng)
+    assert starts > 0
+    for bad in ("rollout", "tapfinger"):
+        with pytest.raises(ValueError, match="not a heuristic that acts on observations alone"):
+            RoundPlanner(sc, greedy_hint=True, hint_policy=bad, decline=True)
+    net = TapFingerNet(ModelConfig.for_scenario(sc, hidden=16, layers=1, greedy_hint=True, hint_policy="edgeflow",
+                                                decline=True))
+    assert net.cfg.to_dict()["hint_policy"] == "edgeflow"

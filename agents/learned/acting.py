@@ -112,6 +112,21 @@ def round_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np
     return g
 
 
+def _hint_maker(name: str, scenario: Scenario):
+    """The heuristic whose proposals are the hints (`ModelConfig.hint_policy`): greedy, or another
+    registered heuristic that acts on observations alone (e.g. edgeflow, whose starts a network can
+    copy on cloud-edge). A planner (rollout) or a learned policy cannot be one."""
+    if name == "greedy":
+        return GreedyPolicy(scenario)
+    from agents.registry import make_policy, policy_class
+
+    cls = policy_class(name)
+    if cls.learned or hasattr(cls, "observe_present"):
+        raise ValueError(f"hint policy {name!r} is not a heuristic that acts on observations alone. Fix: use greedy "
+                         f"or a heuristic such as edgeflow, elasticflow, sjf")
+    return make_policy(name, scenario)
+
+
 # --------------------------------------------------------------------------- what scores choices
 @dataclass
 class Choices:
@@ -160,7 +175,7 @@ class RoundPlanner:
     """The learned policy's round logic around a `Scorer`; holds the current slot's plans."""
 
     def __init__(self, scenario: Scenario, options: ActingOptions | None = None, record_arrays: bool = True,
-                 greedy_hint: bool = False, decline: bool = False):
+                 greedy_hint: bool = False, decline: bool = False, hint_policy: str = "greedy"):
         """`record_arrays`: keep every round's graph arrays in its `RoundRecord` (what PPO learns
         from); False builds them only for rounds in which some agent decides (a runtime that keeps
         no records, e.g. the exported policy, saves the work in the other rounds). `greedy_hint`:
@@ -175,14 +190,14 @@ class RoundPlanner:
         self.options = options or ActingOptions()
         self.record_arrays = record_arrays
         self.static = static_tables(scenario)
-        self.greedy = GreedyPolicy(scenario) if greedy_hint else None
+        self.greedy = _hint_maker(hint_policy, scenario) if greedy_hint else None
         self.reset()
 
     def reset(self) -> None:
         self.queue: list[list[Step]] = [[] for _ in range(self.scenario.num_clusters)]
         self.slot = -1
         if self.greedy is not None:
-            self.greedy.reset(0)  # greedy draws nothing at random: the seed is unused
+            self.greedy.reset(0)  # the hint heuristics draw nothing at random: the seed is unused
         self._hinted: tuple[dict | None, dict[str, np.ndarray]] = (None, {})
 
     def hints(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -150,12 +150,13 @@ class _Env:
     """One episode of the lockstep: its run, planner, sampling generator and what it recorded."""
 
     def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward: RewardSpec,
-                 greedy_hint: bool = False, decline: bool = False):
+                 greedy_hint: bool = False, decline: bool = False, hint_policy: str = "greedy"):
         scenario = job.scenario_of(scenario)
         self.scenario, self.job, self.reward = scenario, job, reward
         self.missed = 0
         self.run = EpisodeRun(scenario, job.seed, name=job.teacher or "tapfinger")
-        self.planner = RoundPlanner(scenario, acting, record_arrays=False, greedy_hint=greedy_hint, decline=decline)
+        self.planner = RoundPlanner(scenario, acting, record_arrays=False, greedy_hint=greedy_hint, decline=decline,
+                                    hint_policy=hint_policy)
         self.rng = np.random.default_rng(job.sample_seed)
         self.teacher = None
         if job.teacher:
@@ -221,7 +222,8 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
         raise ValueError("collect_lockstep plays all jobs sampled or all greedy; collect the others separately")
     deterministic = bool(jobs) and jobs[0].deterministic
     scorer = LockstepScorer(net, torch.device(device), acting.pointer)
-    envs = [_Env(scenario, job, acting, reward, net.cfg.greedy_hint, net.cfg.decline) for job in jobs]
+    envs = [_Env(scenario, job, acting, reward, net.cfg.greedy_hint, net.cfg.decline, net.cfg.hint_policy)
+            for job in jobs]
     active = list(envs)
     while active:
         waiting = [(env, req) for env in active if (req := env.begin_round()) is not None]

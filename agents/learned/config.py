@@ -29,6 +29,8 @@ class ModelOptions:
     separate_critic: bool = True  # the critic gets its own encoder (--no-separate-critic: shared, as before)
     critic_progress: bool = True  # the critic also sees tasks yet to arrive and in the system (training only)
     greedy_hint: bool = False  # greedy's proposal for each agent is an input the network can copy or deviate from
+    # the heuristic whose proposal is that hint (with --greedy-hint): greedy, or e.g. edgeflow on cloud-edge
+    hint_policy: str = "greedy"
 
 
 @dataclass

@@ -66,6 +66,7 @@ class ModelConfig:
     separate_critic: bool = False  # the critic's own encoder (False: shared with the actor)
     critic_progress: bool = False  # the critic also sees the episode's progress (EpisodeRun.progress_features)
     greedy_hint: bool = False  # greedy's proposal is an input, added to every head's logits (hint_weight)
+    hint_policy: str = "greedy"  # the heuristic that makes that proposal (a registry name; older checkpoints: greedy)
     decline: bool = False  # the task choice also offers "decline window place i" (decline_head)
 
     @classmethod

@@ -94,7 +94,8 @@ class Planner(RoundPlanner):
 
     def __init__(self, net: TapFingerNet, scenario: Scenario, options: ActingOptions | None = None,
                  device: str | torch.device = "cpu"):
-        super().__init__(scenario, options, greedy_hint=net.cfg.greedy_hint, decline=net.cfg.decline)
+        super().__init__(scenario, options, greedy_hint=net.cfg.greedy_hint, decline=net.cfg.decline,
+                         hint_policy=net.cfg.hint_policy)
         self.net = net
         self.device = torch.device(device)
 
