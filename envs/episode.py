@@ -23,6 +23,9 @@ from tapfinger.sim.scenario import Scenario
 from tapfinger.sim.workload import Workload
 
 
+FAULT_TAKES_NODE = ("fail", "leave")  # the fault events EpisodeResult.fault_slots records
+
+
 class Actor(Protocol):
     def act(self, obs: dict[str, np.ndarray]) -> RoundActions: ...
 
@@ -39,6 +42,11 @@ class EpisodeResult:
     invalid_actions: int
     in_system: np.ndarray  # tasks in the system at each slot end
     busy: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [slots, R] resources in use
+    # Per fault event that took a node away (a failure or a departure; Engine.fault_log), the slot at
+    # whose end it came, in order (one entry per event: two nodes failing together give two). Empty
+    # for a scenario without faults. The same for every policy of a seed (common random numbers),
+    # up to the end of the shorter episode.
+    fault_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def finished(self) -> np.ndarray:
@@ -176,7 +184,9 @@ class EpisodeRun:
                              decisions=eng.rounds_total * eng.N, decide_seconds=self.decide_seconds,
                              truncated=eng.truncated, invalid_actions=int(eng.invalid_actions.sum()),
                              in_system=np.asarray(self._in_system),
-                             busy=np.asarray(self._busy).reshape(-1, eng.R))
+                             busy=np.asarray(self._busy).reshape(-1, eng.R),
+                             fault_slots=np.array([slot for slot, _, event in getattr(eng, "fault_log", ())
+                                                   if event in FAULT_TAKES_NODE], dtype=np.int64))
 
 
 def run_episode(scenario: Scenario, policy: Actor, seed: int, engine: Engine | None = None,

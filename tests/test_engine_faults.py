@@ -79,12 +79,14 @@ def test_without_checkpoints_a_failure_loses_everything_and_checkpoints_cost_the
     for _ in range(4):
         end_slot(eng)
     assert eng.progress[0] == 0.0 and eng.lost_work[0] == pytest.approx(0.4)
-    costly = Engine(scenario(Faults(events=((1e9, 0, "fail", 0.0),), checkpoint_seconds=30.0,
-                                    checkpoint_cost_seconds=30.0)), strict=True)
+    costly = Engine(scenario(Faults(events=((1e9, 0, "fail", 0.0),), checkpoint_seconds=60.0,
+                                    checkpoint_cost_seconds=15.0)), strict=True)
     costly.reset(0, one_task())
     start(costly)
     end_slot(costly)
-    assert costly.progress[0] == pytest.approx(0.05)  # half of every slot spent checkpointing
+    assert costly.progress[0] == pytest.approx(0.1) and costly.checkpoint[0] == 0.0  # no checkpoint yet: no cost
+    end_slot(costly)  # 60 s of running: a checkpoint, taking half of this slot
+    assert costly.progress[0] == pytest.approx(0.15) and costly.checkpoint[0] == pytest.approx(0.15)
 
 
 def test_slowdowns_slow_and_departures_keep_progress():

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "processes. Prints avg JCT mean and 95% CI, p50/p95/p99 JCT, makespan, "
                                    "utilisation, decisions/s and each policy's paired difference from the best "
                                    "heuristic (and, for a scenario with deadlines, the deadline satisfaction "
-                                   "ratio, declined tasks and lateness); writes OUT/results.json and PNG plots. Finished episodes are "
+                                   "ratio, declined tasks and lateness; for one with faults, work lost and restarts); writes OUT/results.json and PNG plots. Finished episodes are "
                                    "kept in OUT/episodes.partial.jsonl until the evaluation completes, so "
                                    "after Ctrl-C the same command resumes where it stopped.")
     add_common(p, "auto", 30)
@@ -122,7 +122,7 @@ def evaluate_and_report(args: argparse.Namespace, out: Path) -> dict:
     from agents.registry import policy_options
     from tapfinger.evaluation.episode_cache import CACHE_NAME, EpisodeCache
     from tapfinger.evaluation.harness import EvalConfig, run_evaluation
-    from tapfinger.evaluation.plots import DEADLINE_PLOT, PLOT_FILES
+    from tapfinger.evaluation.plots import DEADLINE_PLOT, FAULT_PLOT, PLOT_FILES
 
     # Every flag, the scenario, the policies and the output place are checked before any
     # episode runs: a bad one must not cost an evaluation's worth of waiting.
@@ -136,8 +136,9 @@ def evaluate_and_report(args: argparse.Namespace, out: Path) -> dict:
     # The registry resolves each name to its class (an unknown name is a ValueError naming the
     # known ones) and gives a policy built from a checkpoint its --checkpoint.
     options = {n: policy_options(n, scenario, checkpoint=args.checkpoint) for n in names}
-    # The deadline plot is checked too: whether it is written depends on episodes not run yet.
-    check_output_dir(out, ["results.json", CACHE_NAME, *([] if args.no_plots else (*PLOT_FILES, DEADLINE_PLOT))])
+    # The deadline and fault plots are checked too: whether they are written depends on episodes not run yet.
+    plots = [] if args.no_plots else [*PLOT_FILES, DEADLINE_PLOT, FAULT_PLOT]
+    check_output_dir(out, ["results.json", CACHE_NAME, *plots])
     cache = EpisodeCache(out / CACHE_NAME)  # finished episodes, kept until the results are written
     cfg = EvalConfig(scenario, names, list(range(args.seed_start, args.seed_start + args.seeds)),
                      workers=args.workers, policy_options=options, progress=not args.quiet, cache=cache)

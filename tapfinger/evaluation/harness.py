@@ -21,7 +21,10 @@ worker processes, summarised with 95% confidence intervals and paired difference
           "lateness": same form, per seed: mean slots late (finish + 1 - deadline) of the tasks
                       that finished late (null: none did),
           "deadline_diff_vs_best": same form, per seed: this policy's deadline ratio minus that of
-                                   best_deadline_heuristic (the heuristic with the highest mean ratio)
+                                   best_deadline_heuristic (the heuristic with the highest mean ratio),
+          # only with a fault model (Scenario.faults.active) or a fault met; metrics.fault_outcomes:
+          "lost_work" | "restarts" | "failures" | "recovery": same form, per seed: progress lost to
+              failures (whole tasks' work), task restarts, failure hits, mean slots to restart
         },
         "bound": {"avg_jct": same form}   # per-task lower bound (tapfinger/evaluation/bounds.py)
       },
@@ -58,7 +61,7 @@ from tqdm import tqdm
 from agents.worker_signals import quiet_worker_signals
 from tapfinger import __version__
 from tapfinger.evaluation.episode_cache import EpisodeCache, job_key
-from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, summary
+from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, fault_entry, summary
 from tapfinger.sim.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -265,6 +268,10 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
     best_dl = max(rated, key=lambda n: float(np.nanmean(ratio[n]))) if deadlines and rated else None
     if deadlines:
         out["best_deadline_heuristic"] = best_dl
+    # Fault metrics likewise: for every policy when the scenario has a fault model (or, for
+    # episodes from elsewhere, when one met a fault); a scenario without faults keeps its keys.
+    faults = (bool(getattr(getattr(cfg.scenario, "faults", None), "active", False))
+              or any(per_policy[n][s].has_faults for n in cfg.policies for s in seeds))
     for n in cfg.policies:
         eps = [per_policy[n][s] for s in seeds]
         entry = {k: summary([e.scalars()[k] for e in eps])
@@ -281,6 +288,8 @@ def summarise(cfg: EvalConfig, per_policy: dict[str, dict[int, EpisodeMetrics]],
             entry["lateness"] = summary([e.lateness for e in eps])
             if best_dl is not None:  # paired over seeds, as diff_vs_best is for avg JCT
                 entry["deadline_diff_vs_best"] = summary(ratio[n] - ratio[best_dl])
+        if faults:
+            entry.update(fault_entry(eps))
         out["policies"][n] = entry
     out["policies"]["bound"] = {"avg_jct": summary([bounds[s] for s in seeds])}
     out["_episodes"] = per_policy  # for plots; not written to JSON
@@ -291,8 +300,9 @@ NULLS_WHY = ("null stands for a value that is not a finite number, which strict 
              "where there was nothing to measure (an episode in which no task finished has no JCT, so no "
              "percentiles and no difference from the best heuristic; a mean over no finite values), or "
              "infinity (decisions/s of an episode whose decisions took no measurable time); the deadline "
-             "ratio of an episode in which no task had a deadline and the lateness of one in which no task "
-             "finished late are NaN too")
+             "ratio of an episode in which no task had a deadline, the lateness of one in which no task "
+             "finished late and the recovery time of one in which no finished task was hit by a failure "
+             "are NaN too")
 
 
 def _strict(value, path: str, nulls: list[str]):
@@ -341,14 +351,21 @@ def _deadline_cells(e: dict) -> str:
     return f" {met:<20} {d['mean']:>8.1f} {by:>7}"
 
 
+def _fault_cells(e: dict) -> str:
+    """The fault columns of one row: work lost and restarts, per episode."""
+    return f" {e['lost_work']['mean']:>9.2f} {e['restarts']['mean']:>8.1f}"
+
+
 def format_table(results: dict) -> str:
     """A plain-text table: one row per policy (by avg JCT), bound last; with deadline columns when
-    the results have deadline metrics."""
+    the results have deadline metrics, and fault columns when they have fault metrics."""
     res = results["policies"]
     resources = next(iter(v["utilisation"] for k, v in res.items() if k != "bound")).keys()
     deadlines = any("deadline_ratio" in v for k, v in res.items() if k != "bound")
+    faults = any("lost_work" in v for k, v in res.items() if k != "bound")
     head = (f"{'policy':<16} {'avg JCT (95% CI)':<22}"
             + (f" {'deadline % (95% CI)':<20} {'declined':>8} {'late by':>7}" if deadlines else "")
+            + (f" {'lost work':>9} {'restarts':>8}" if faults else "")
             + f" {'p50':>6} {'p95':>6} {'p99':>6} {'makespan':>9} "
             + " ".join(f"{'util ' + r:>9}" for r in resources)
             + f" {'dec/s':>9} {'diff vs ' + str(results['best_heuristic']):>26}")
@@ -357,6 +374,8 @@ def format_table(results: dict) -> str:
     if deadlines:
         title += ("; deadline % = met / tasks with a deadline (declined, late, unfinished = missed), "
                   "declined per episode, late by = mean slots late of the late tasks")
+    if faults:
+        title += "; lost work = tasks' worth of progress lost to failures per episode, restarts per episode"
     lines = [title, head, "-" * len(head)]
     order = sorted((n for n in res if n != "bound"), key=lambda n: res[n]["avg_jct"]["mean"])
     for n in order:
@@ -367,7 +386,8 @@ def format_table(results: dict) -> str:
         diff = f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d else "-"
         util = " ".join(f"{e['utilisation'][r]['mean']:>9.2f}" for r in resources)
         flag = "" if not e["unfinished_tasks"] else f"  ({e['unfinished_tasks']} tasks unfinished)"
-        lines.append(f"{n:<16} {ci:<22}{_deadline_cells(e) if deadlines else ''} {_fmt(e['p50_jct'], 1):>6} {_fmt(e['p95_jct'], 1):>6} "
+        cells = (_deadline_cells(e) if deadlines else "") + (_fault_cells(e) if faults else "")
+        lines.append(f"{n:<16} {ci:<22}{cells} {_fmt(e['p50_jct'], 1):>6} {_fmt(e['p95_jct'], 1):>6} "
                      f"{_fmt(e['p99_jct'], 1):>6} {_fmt(e['makespan'], 0):>9} {util} "
                      f"{e['decisions_per_s']['mean']:>9.0f} {diff:>26}{flag}")
     b = res["bound"]["avg_jct"]

@@ -30,11 +30,28 @@ class EpisodeMetrics:
     deadline_ratio: float = float("nan")  # met / deadline_tasks; nan when no task has a deadline
     declined: int = 0  # tasks an agent declined (admission control), with or without a deadline
     lateness: float = float("nan")  # mean slots late of the tasks that finished late; nan when none
+    # Faults (defaults: an episode without faults, as every episode was before them; `fault_outcomes`).
+    lost_work: float = 0.0  # progress lost to failures, in whole tasks' work
+    restarts: int = 0  # restarts of tasks after failures, departures and capacity shrinks
+    failures: int = 0  # times a failure hit a running task
+    recovery: float = float("nan")  # mean slots from a failure to the restart of a task it hit
+    fault_slots: tuple[int, ...] = ()  # EpisodeResult.fault_slots: slots at whose end a node failed or left
+
+    def __post_init__(self) -> None:
+        # a tuple of ints whatever it was given as (an array, a list read back from the cache)
+        self.fault_slots = tuple(int(x) for x in self.fault_slots)
 
     @property
     def has_deadlines(self) -> bool:
         """Whether this episode has anything the deadline metrics measure."""
         return self.deadline_tasks > 0 or self.declined > 0
+
+    @property
+    def has_faults(self) -> bool:
+        """Whether this episode met a fault that the fault metrics measure (a node that failed or
+        left, or a task a failure hit). Restarts alone do not count: a capacity schedule preempts
+        tasks in scenarios without faults."""
+        return bool(self.fault_slots) or self.failures > 0
 
     def scalars(self) -> dict[str, float]:
         out = {"avg_jct": self.avg_jct, "p50_jct": self.p50_jct, "p95_jct": self.p95_jct,
@@ -73,6 +90,32 @@ def deadline_outcomes(records: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nd
     return has, met, late
 
 
+def fault_outcomes(records: dict[str, np.ndarray]) -> tuple[float, int, int, float]:
+    """(lost work, restarts, failures, recovery) of one episode's task records:
+
+    - lost work: the progress failures destroyed (what tasks had made since their last checkpoint),
+      summed over tasks, in units of one task's whole work (2.5 = two and a half tasks' worth);
+    - restarts: times a task started again after it had been stopped (a failure, a departure, a
+      capacity shrink: the engine's "preemptions");
+    - failures: times a failure hit a running task;
+    - recovery: mean slots from a failure to the restart of the task it hit, over the hits of the
+      tasks that finished (a failed task waits, so every hit of a finished task was followed by its
+      restart; a task left unfinished when a truncated episode ended may still be waiting, so its
+      hits are left out). The slot count is restart slot - failure slot (the failure comes at a
+      slot's end, so a restart in the next slot takes 1). nan when no finished task was hit.
+
+    Records without these keys (engines and caches from before faults) had no faults: 0 and nan."""
+    n = len(records["jct"])
+    zeros = np.zeros(n)
+    failures = np.asarray(records.get("failures", zeros), dtype=np.int64)
+    recovery_slots = np.asarray(records.get("recovery_slots", zeros), dtype=np.float64)
+    done = np.asarray(records["jct"]) >= 0
+    hits = int(failures[done].sum())
+    recovery = float(recovery_slots[done].sum() / hits) if hits else float("nan")
+    return (float(np.asarray(records.get("lost_work", zeros), dtype=np.float64).sum()),
+            int(np.asarray(records.get("preemptions", zeros)).sum()), int(failures.sum()), recovery)
+
+
 def episode_metrics(result: EpisodeResult, resources: tuple[str, ...], capacity: np.ndarray) -> EpisodeMetrics:
     jct = result.records["jct"]
     done = jct[jct >= 0].astype(np.float64)
@@ -83,6 +126,7 @@ def episode_metrics(result: EpisodeResult, resources: tuple[str, ...], capacity:
     util = busy.mean(axis=0) / np.maximum(capacity, 1) if busy.size else np.zeros(len(resources))
     has, met, late = deadline_outcomes(result.records)
     late = late[late >= 1]
+    lost, restarts, failures, recovery = fault_outcomes(result.records)
     return EpisodeMetrics(
         seed=result.seed, avg_jct=float(done.mean()) if done.size else float("nan"),
         p50_jct=float(pct[0]), p95_jct=float(pct[1]), p99_jct=float(pct[2]), makespan=makespan,
@@ -91,7 +135,9 @@ def episode_metrics(result: EpisodeResult, resources: tuple[str, ...], capacity:
         invalid_actions=result.invalid_actions, truncated=result.truncated,
         unfinished=result.unfinished, jct=jct, in_system=result.in_system,
         deadline_tasks=int(has.sum()), deadline_ratio=float(met.sum() / has.sum()) if has.any() else float("nan"),
-        declined=result.declined, lateness=float(late.mean()) if late.size else float("nan"))
+        declined=result.declined, lateness=float(late.mean()) if late.size else float("nan"),
+        lost_work=lost, restarts=restarts, failures=failures, recovery=recovery,
+        fault_slots=getattr(result, "fault_slots", ()))
 
 
 def mean_ci(values: np.ndarray | list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -110,3 +156,14 @@ def mean_ci(values: np.ndarray | list[float], level: float = 0.95) -> tuple[floa
 def summary(values: np.ndarray | list[float]) -> dict:
     m, lo, hi = mean_ci(values)
     return {"mean": m, "ci95": [lo, hi], "per_seed": [float(v) for v in values]}
+
+
+FAULT_KEYS = ("lost_work", "restarts", "failures", "recovery")  # results.json keys of fault_entry
+
+
+def fault_entry(eps: list[EpisodeMetrics]) -> dict:
+    """The fault metrics of one policy's episodes (seed order), each in the `summary` form."""
+    return {"lost_work": summary([e.lost_work for e in eps]),
+            "restarts": summary([float(e.restarts) for e in eps]),
+            "failures": summary([float(e.failures) for e in eps]),
+            "recovery": summary([e.recovery for e in eps])}

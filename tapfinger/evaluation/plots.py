@@ -1,5 +1,6 @@
-"""PNG plots of an evaluation: bars with CIs, the JCT CDF, tasks in the system over time, and
-(for a scenario with deadlines) the deadline satisfaction ratio."""
+"""PNG plots of an evaluation: bars with CIs, the JCT CDF, tasks in the system over time, (for a
+scenario with deadlines) the deadline satisfaction ratio, and (for one with faults) tasks in the
+system of one seed with its failure events marked."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 
 PLOT_FILES = ("avg_jct.png", "jct_cdf.png", "in_system.png")  # what write_plots always writes, in order
 DEADLINE_PLOT = "deadline_ratio.png"  # written after them when the results have deadline metrics
+FAULT_PLOT = "faults.png"  # written last when the results have fault metrics
 
 
 def _pyplot():
@@ -74,6 +76,8 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     paths.append(_save(plt, fig, out_dir / PLOT_FILES[2]))
     if any("deadline_ratio" in res[n] for n in names):
         paths.append(_deadline_plot(plt, results, out_dir / DEADLINE_PLOT))
+    if any("lost_work" in res[n] for n in names):
+        paths.append(_fault_plot(plt, results, names, out_dir / FAULT_PLOT))
     return paths
 
 
@@ -94,4 +98,27 @@ def _deadline_plot(plt, results: dict, path: Path) -> Path:
     ax.set_ylabel("deadline satisfaction ratio, 95% CI\n(higher is better)")
     ax.set_title(f"{results['scenario']}: {len(results['seeds'])} seeds; declined and late tasks missed")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    return _save(plt, fig, path)
+
+
+def _fault_plot(plt, results: dict, names: list[str], path: Path) -> Path:
+    """Tasks in the system in the first seed's episode of every policy, with a vertical line at
+    each slot end where a node failed or left. One seed, not the mean over seeds that
+    in_system.png draws: the events differ from seed to seed, and within a seed they are the same
+    for every policy (common random numbers), so one set of lines fits every curve. The set is
+    that of the seed's longest episode (a shorter one stops meeting events when it ends)."""
+    seed = results["seeds"][0]
+    runs = {n: results["_episodes"][n][seed] for n in names if seed in results["_episodes"][n]}
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for n, e in runs.items():
+        ax.plot(np.arange(len(e.in_system)), e.in_system, label=n, lw=1)
+    longest = max(runs.values(), key=lambda e: len(e.in_system), default=None)
+    events = sorted(set(longest.fault_slots)) if longest is not None else []
+    for i, slot in enumerate(events):
+        ax.axvline(slot, color="tab:red", lw=0.8, ls=":", label="a node failed or left" if i == 0 else None)
+    ax.set_xlabel("slot (a line: a node failed or left at that slot's end)")
+    ax.set_ylabel("tasks in the system")
+    count = len(longest.fault_slots) if longest is not None else 0
+    ax.set_title(f"{results['scenario']}: seed {seed}, {count} failures/departures")
+    ax.legend(fontsize=8)
     return _save(plt, fig, path)

@@ -72,7 +72,7 @@ class Faults:
     progress its tasks made since their last checkpoint; a departure is announced, so its tasks keep
     theirs. A running task checkpoints after every `checkpoint_seconds` of running (0 = never: a
     failure loses all its progress), each checkpoint costing `checkpoint_cost_seconds` of no progress
-    (charged as the share cost / (interval + cost) of every slot it runs)."""
+    in the slot it is taken in."""
 
     clusters: tuple[str, ...] = ()
     mtbf_seconds: float = 0.0

@@ -106,15 +106,17 @@ class TierEvents:
         self.hit_at[hit] = slot
 
     def _fault_progress(self, ids: np.ndarray, dp: np.ndarray, below: np.ndarray) -> np.ndarray:
-        """Slowdowns, the checkpoints' cost, and the checkpoints themselves (after every
-        checkpoint_seconds of running, the progress at that slot's end is saved)."""
+        """Slowdowns, and the checkpoints: in the slot whose end completes checkpoint_seconds of
+        running since the last one, the task saves its progress at that slot's end, and the save
+        takes checkpoint_cost_seconds of the slot (that much less progress in it). A task that
+        finishes before its first checkpoint pays nothing."""
         f = self.scenario.faults
         dp = dp * self.node_state.speed[self.node[ids]]
         if f.checkpoint_seconds > 0:
-            dp = dp * (f.checkpoint_seconds / (f.checkpoint_seconds + f.checkpoint_cost_seconds))
-            ran = np.where(below, 0.0, self.scenario.slot_seconds)
-            since = self.since_checkpoint[ids] + ran
+            slot_s = self.scenario.slot_seconds
+            since = self.since_checkpoint[ids] + np.where(below, 0.0, slot_s)
             saves = since >= f.checkpoint_seconds
+            dp = np.where(saves, dp * max(0.0, 1.0 - f.checkpoint_cost_seconds / slot_s), dp)
             self.checkpoint[ids[saves]] = np.minimum(self.progress[ids[saves]] + dp[saves], 1.0)
             self.since_checkpoint[ids] = np.where(saves, since % f.checkpoint_seconds, since)
         return dp
