@@ -5,7 +5,8 @@ runtime (`agents.exported`, numpy + onnxruntime) agree on. Torch-free.
 - the program's inputs and outputs, in positional order (`INPUT_NAMES`, `OUTPUT_NAMES`; a
   network with greedy hints takes `HINT_INPUTS` too: `input_names`; a declining network outputs
   `DECLINE_OUTPUTS` too: `output_names`), and how they are built from the batched observations
-  (`round_feeds`, `graph_feeds`, `decision_feeds`);
+  (`round_feeds`, `graph_feeds`, `decision_feeds`; a network with `node_faults` has two more
+  columns in `node_x` and in `cluster_x`: `sees_node_faults`);
 - the metadata check a file must pass to serve a scenario (`expected_layout`, `check_metadata`).
 See docs/export.md.
 """
@@ -30,8 +31,8 @@ PT2_EXTRA_FILE = "tapfinger.json"
 # tasks, M running tasks, EV visibility edges, EP placement edges, S deciding agents, W window
 # places, NN node slots per cluster, R resources).
 INPUT_NAMES: tuple[str, ...] = (
-    "cluster_x",  # [N, 2R+3] float32
-    "node_x",  # [NT, 2R] float32, rows in global node order
+    "cluster_x",  # [N, 2R+3] float32 (node_faults: [N, 2R+5], envs.graph.NODE_FAULT_COLUMNS last)
+    "node_x",  # [NT, 2R] float32, rows in global node order (node_faults: [NT, 2R+2])
     "pending_x",  # [P, K+R+4] float32
     "running_x",  # [M, K+R+2] float32
     "node_cluster",  # [NT] int64: cluster of each node row
@@ -91,6 +92,13 @@ def hint_policy(meta: dict) -> str:
     return name if isinstance(name, str) else "greedy"
 
 
+def sees_node_faults(meta: dict) -> bool:
+    """Whether the program of this metadata reads the node-health feature columns (its model_config's
+    `node_faults`; older files: no)."""
+    cfg = meta.get("model_config") if isinstance(meta, dict) else None
+    return isinstance(cfg, dict) and cfg.get("node_faults") is True
+
+
 def takes_hints(meta: dict) -> bool:
     """Whether the program of this metadata takes greedy's proposals (its inputs end with HINT_INPUTS)."""
     layout = meta.get("feature_layout") if isinstance(meta, dict) else None
@@ -116,9 +124,9 @@ def round_feeds(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def graph_feeds(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
-    """The graph inputs from the batched observations."""
-    return round_feeds({**graph_arrays(obs, scenario), "node_id": obs["node_id"]})
+def graph_feeds(obs: dict[str, np.ndarray], scenario: Scenario, node_faults: bool = False) -> dict[str, np.ndarray]:
+    """The graph inputs from the batched observations (`node_faults`: with the node-health columns)."""
+    return round_feeds({**graph_arrays(obs, scenario, node_faults), "node_id": obs["node_id"]})
 
 
 def stacked_decision_feeds(agents: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -136,9 +144,10 @@ def decision_feeds(agents: list[int] | np.ndarray, masks: list[dict[str, np.ndar
 
 
 # --------------------------------------------------------------------------- metadata
-def expected_layout(scenario: Scenario, greedy_hint: bool = False, decline: bool = False) -> dict:
+def expected_layout(scenario: Scenario, greedy_hint: bool = False, decline: bool = False,
+                    node_faults: bool = False) -> dict:
     """The `feature_layout` entry of the metadata: what the program expects to be fed (and outputs)."""
-    return {"columns": feature_layout(scenario),
+    return {"columns": feature_layout(scenario, node_faults),
             "scales": [float(s) for s in feature_scales(scenario)],
             "grid_max": [int(g) for g in scenario.grid_max],
             "window": int(scenario.window_size),
@@ -166,7 +175,8 @@ def check_metadata(meta: dict | None, path: Path, scenario: Scenario, kind: str)
             f"Fix: evaluate it with --scenario {meta.get('scenario')}, or export a checkpoint trained on "
             f"'{scenario.name}'.")
     layout = meta.get("feature_layout", {})
-    want = expected_layout(scenario, takes_hints(meta), declines(meta))  # any of the interfaces is this version's
+    # any of the interfaces is this version's
+    want = expected_layout(scenario, takes_hints(meta), declines(meta), sees_node_faults(meta))
     if layout.get("inputs") != want["inputs"] or layout.get("outputs") != want["outputs"]:
         raise ExportedPolicyError(
             f"{path} has another program interface (inputs {layout.get('inputs')}); it was written by "

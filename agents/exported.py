@@ -27,7 +27,7 @@ from agents.base import Policy
 from agents.export_format import (ACTING_KEYS, FORMAT, INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, PT2_EXTRA_FILE,
                                   ExportedPolicyError, check_metadata, decision_feeds, declines, expected_layout,
                                   graph_feeds, hint_policy, input_names, output_names, round_feeds,
-                                  stacked_decision_feeds, takes_hints)
+                                  sees_node_faults, stacked_decision_feeds, takes_hints)
 from agents.learned.acting import ActingOptions, Choices, RoundPlanner, Step
 from agents.learned.masks import MASK_KEYS
 from agents.pt2_archive import UnsafeProgramError, check_pt2_archive, count_nonfinite_weights, read_pt2_metadata
@@ -251,11 +251,13 @@ class ExportedPolicy(Policy):
         # a program that takes greedy's proposals gets them from the planner's GreedyPolicy, the
         # eager policy's own code (numpy), which sees every round of the episode
         # a declining program is offered the decline choices (check_metadata refused it on a
-        # scenario that does not allow declining)
+        # scenario that does not allow declining); a program with node_faults is fed the
+        # node-health columns (any scenario: without faults they are 1s)
         self.planner = RoundPlanner(scenario, ActingOptions(**acting), record_arrays=False,
                                     greedy_hint=takes_hints(self.runner.metadata),
                                     decline=declines(self.runner.metadata),
-                                    hint_policy=hint_policy(self.runner.metadata))
+                                    hint_policy=hint_policy(self.runner.metadata),
+                                    node_faults=sees_node_faults(self.runner.metadata))
         self.scorer = ProgramScorer(self.runner, Path(path))
 
     @property

@@ -13,6 +13,15 @@ use it.
 `step()` never calls this: models call it (or their own batched equivalent) on the arrays the
 environment returns. Features are normalised by scenario constants so that one model serves
 clusters of any size.
+
+With `node_faults` (a network option, `ModelConfig.node_faults`; off in every network made before
+issue 15, whose widths it keeps) the "resource detection" view of unreliable nodes joins the
+features, as columns after the others: each node's `health` (observation `node_health`: 1 up, 0
+failed or away) and `speed` (`node_speed`: its current speed factor, below 1 during a slowdown),
+and each cluster's `up_share` (its nodes that are up, as a share of its nodes) and `mean_speed`
+(the mean speed of its nodes that are up; 0 when none is). Policies see a fault only when it
+happens (the observation's rule). On a scenario without `[faults]` they are all 1s, so a network
+with the option runs there too, and one without it ignores them where faults happen.
 """
 
 from __future__ import annotations
@@ -43,14 +52,23 @@ def reverse(edge_type: EdgeType) -> EdgeType:
 EDGE_TYPES: tuple[EdgeType, ...] = tuple(e for fwd, _ in FORWARD_EDGES for e in (fwd, reverse(fwd)))
 
 
-def feature_columns(resources: list[str] | tuple[str, ...], task_types: list[str] | tuple[str, ...]
-                    ) -> dict[str, list[str]]:
-    """Names of the feature columns `graph_arrays` builds, per vertex type, in column order."""
+# The columns `node_faults` adds, after the others (so a network without them has a prefix of the layout).
+NODE_FAULT_COLUMNS: dict[str, list[str]] = {
+    "cluster": ["up_share (nodes up / nodes)", "mean_speed (of the nodes up; 0 if none)"],
+    "node": ["health (1 up, 0 down)", "speed (current speed factor)"],
+}
+
+
+def feature_columns(resources: list[str] | tuple[str, ...], task_types: list[str] | tuple[str, ...],
+                    node_faults: bool = False) -> dict[str, list[str]]:
+    """Names of the feature columns `graph_arrays` builds, per vertex type, in column order
+    (`node_faults`: with the node-health columns, `NODE_FAULT_COLUMNS`)."""
     res, types = list(resources), list(task_types)
+    extra = NODE_FAULT_COLUMNS if node_faults else {}
     return {
         "cluster": [f"capacity_{r}/scale" for r in res] + [f"free_{r}/scale" for r in res]
-                   + ["running_tasks/M", "window_tasks/window", "queue_len/window"],
-        "node": [f"capacity_{r}/scale" for r in res] + [f"free_{r}/scale" for r in res],
+                   + ["running_tasks/M", "window_tasks/window", "queue_len/window"] + extra.get("cluster", []),
+        "node": [f"capacity_{r}/scale" for r in res] + [f"free_{r}/scale" for r in res] + extra.get("node", []),
         "pending": [f"type={t}" for t in types] + [f"minimum_{r}/grid_max" for r in res]
                    + ["log1p(wait)", "work", "visible_clusters/N", "1/(1+deadline_left) or 0"],
         "running": [f"type={t}" for t in types] + [f"alloc_{r}/grid_max" for r in res]
@@ -58,14 +76,15 @@ def feature_columns(resources: list[str] | tuple[str, ...], task_types: list[str
     }
 
 
-def feature_layout(scenario: Scenario) -> dict[str, list[str]]:
+def feature_layout(scenario: Scenario, node_faults: bool = False) -> dict[str, list[str]]:
     """`feature_columns` with the scenario's resource and task-type names."""
-    return feature_columns(scenario.resources, [t.name for t in scenario.task_types])
+    return feature_columns(scenario.resources, [t.name for t in scenario.task_types], node_faults)
 
 
-def feature_dims(num_types: int, num_resources: int) -> dict[str, int]:
+def feature_dims(num_types: int, num_resources: int, node_faults: bool = False) -> dict[str, int]:
     """Width of each vertex type's features (the model's input sizes)."""
-    cols = feature_columns([f"r{i}" for i in range(num_resources)], [f"t{k}" for k in range(num_types)])
+    cols = feature_columns([f"r{i}" for i in range(num_resources)], [f"t{k}" for k in range(num_types)],
+                           node_faults)
     return {k: len(v) for k, v in cols.items()}
 
 
@@ -95,7 +114,7 @@ class _Constants:
         self.inv_scale = 1.0 / feature_scales(scenario)
         self.inv_grid = 1.0 / np.asarray(scenario.grid_max, dtype=np.float64)
         self.eye = np.eye(self.K, dtype=np.float32)
-        self.dims = feature_dims(self.K, self.R)
+        self.dims = feature_dims(self.K, self.R)  # the columns common to both layouts (pending, running)
 
 
 _CONSTANTS: dict[int, _Constants] = {}
@@ -110,8 +129,10 @@ def _constants(scenario: Scenario) -> _Constants:
     return c
 
 
-def graph_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
-    """The numpy content of the graph (features, edge lists, index maps); torch-free."""
+def graph_arrays(obs: dict[str, np.ndarray], scenario: Scenario, node_faults: bool = False
+                 ) -> dict[str, np.ndarray]:
+    """The numpy content of the graph (features, edge lists, index maps); torch-free. `node_faults`:
+    with the node-health columns (`NODE_FAULT_COLUMNS`)."""
     N, W = obs["window_id"].shape
     c = _constants(scenario)
     K, R = c.K, c.R
@@ -119,7 +140,7 @@ def graph_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np
 
     free = obs["node_free"]
     cap = obs["node_capacity"]
-    cluster_x = np.empty((N, 2 * R + 3), dtype=np.float32)
+    cluster_x = np.empty((N, 2 * R + 3 + 2 * node_faults), dtype=np.float32)
     cluster_x[:, :R] = cap.sum(axis=1) * c.inv_scale
     cluster_x[:, R:2 * R] = free.sum(axis=1) * c.inv_scale
     cluster_x[:, 2 * R] = (obs["running_id"] >= 0).sum(axis=1) / max(M, 1)
@@ -130,9 +151,11 @@ def graph_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np
     node_global = obs["node_id"][node_valid]
     order = np.argsort(node_global)
     node_cluster = np.nonzero(node_valid)[0][order]
-    node_x = np.empty((len(order), 2 * R), dtype=np.float32)
+    node_x = np.empty((len(order), 2 * R + 2 * node_faults), dtype=np.float32)
     node_x[:, :R] = cap[node_valid][order] * c.inv_scale
-    node_x[:, R:] = free[node_valid][order] * c.inv_scale
+    node_x[:, R:2 * R] = free[node_valid][order] * c.inv_scale
+    if node_faults:
+        _node_fault_features(obs, node_valid, order, cluster_x[:, 2 * R + 3:], node_x[:, 2 * R:])
     # local (cluster, slot) -> row in node_x
     node_row = np.full(node_valid.shape, -1, dtype=np.int64)
     node_row[node_valid] = np.argsort(order)
@@ -179,12 +202,24 @@ def graph_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np
     }
 
 
-def build_hetero_graph(obs: dict[str, np.ndarray], scenario: Scenario):
+def _node_fault_features(obs: dict[str, np.ndarray], node_valid: np.ndarray, order: np.ndarray,
+                         cluster_out: np.ndarray, node_out: np.ndarray) -> None:
+    """Fill the `NODE_FAULT_COLUMNS` of the clusters ([N, 2]) and of the node rows ([NT, 2])."""
+    up = (obs["node_health"] > 0) & node_valid
+    speed = np.where(up, obs["node_speed"], 0.0)
+    node_out[:, 0] = up[node_valid][order]
+    node_out[:, 1] = obs["node_speed"][node_valid][order]
+    n_up = up.sum(axis=1)
+    cluster_out[:, 0] = n_up / np.maximum(node_valid.sum(axis=1), 1)
+    cluster_out[:, 1] = speed.sum(axis=1) / np.maximum(n_up, 1)
+
+
+def build_hetero_graph(obs: dict[str, np.ndarray], scenario: Scenario, node_faults: bool = False):
     """A `HeteroData` graph of the joined agent views (batched observations, one row per agent)."""
     import torch
     from torch_geometric.data import HeteroData
 
-    a = graph_arrays(obs, scenario)
+    a = graph_arrays(obs, scenario, node_faults)
     data = HeteroData()
     for kind in VERTEX_TYPES:
         data[kind].x = torch.from_numpy(a[f"{kind}_x"])

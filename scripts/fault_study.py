@@ -55,16 +55,13 @@ def faults_off(scenario):
 
 
 def scaled(scenario, scale: float):
-    """The scenario at `scale` times its fault rates: each process's mean time between events / scale."""
-    f = scenario.faults
+    """The scenario at `scale` times its fault rates (`tapfinger.sim.faults.fault_scaled`), renamed."""
+    from tapfinger.sim.faults import fault_scaled
+
     if not scale > 0:
         raise ValueError(f"--fault-scales {scale:g}: a scale must be > 0 (faults off is arm (a)'s baseline)")
-    if f.events:
-        raise ValueError(f"scenario {scenario.name} replays a fault event file ({f.file or 'events'}), which has no "
-                         f"rate to scale. Fix: drop --fault-scales, or use a scenario with random faults (mtbf_seconds)")
-    return with_faults(scenario, f"faults x{scale:g}", mtbf_seconds=f.mtbf_seconds / scale,
-                       slowdown_mtbf_seconds=f.slowdown_mtbf_seconds / scale,
-                       leave_mtbf_seconds=f.leave_mtbf_seconds / scale)
+    faster = fault_scaled(scenario, scale)
+    return faster if faster is scenario else dataclasses.replace(faster, name=f"{scenario.name}[faults x{scale:g}]")
 
 
 def with_checkpoints(scenario, interval: float, cost: float):

@@ -142,16 +142,18 @@ def test_fingerprint_covers_the_profile_table_content_not_its_path(tmp_path):
 def test_fingerprints_of_the_built_in_scenarios_differ():
     from tapfinger.sim.scenario import builtin_names
 
-    prints, uncertain = {}, {}
+    prints, variants = {}, {}
     for name in builtin_names():
         if missing_shared_data(name) is None:
             sc = load_scenario(name)
-            (uncertain if sc.uncertainty.active else prints)[name] = scenario_fingerprint(sc)
+            (variants if sc.uncertainty.active or sc.faults.active else prints)[name] = scenario_fingerprint(sc)
     assert len(prints) >= 5 and len(set(prints.values())) == len(prints), prints
-    # An `[uncertainty]` variant is its base scenario with hidden per-task truth, which the
-    # fingerprint leaves out (as it does the arrivals): the base's policy runs on it.
-    for name, fingerprint in uncertain.items():
-        base = name.removesuffix("-uncertain")
+    # An `[uncertainty]` variant is its base scenario with hidden per-task truth, and a `[faults]`
+    # variant its base on unreliable nodes; the fingerprint leaves both out (as it does the
+    # arrivals): the base's policy runs on them.
+    bases = {"edge-faulty": "edge-default"}
+    for name, fingerprint in variants.items():
+        base = bases.get(name, name.removesuffix("-uncertain"))
         assert base in prints and fingerprint == prints[base], (name, fingerprint, prints.get(base))
 
 

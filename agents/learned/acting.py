@@ -26,6 +26,8 @@ only supply a `Scorer`, which scores a batch of deciding agents; everything else
   proposal for every agent (`HINT_KEYS`) joins the round's arrays, for the network to copy or
   deviate from. The planner owns that `GreedyPolicy` and shows it every round's observations,
   also rounds in which nobody decides: greedy remembers the work of the tasks it saw waiting.
+- node faults (a network with `ModelConfig.node_faults`): the round's graph arrays carry the
+  node-health columns (`envs.graph.graph_arrays(..., node_faults=True)`); nothing else changes.
 
 This module imports neither torch nor torch_geometric: the ONNX policy runs without them.
 `ActingOptions` are the acting switches stored with a checkpoint and an exported file.
@@ -102,10 +104,12 @@ def hint_arrays(actions: RoundActions, window: int) -> dict[str, np.ndarray]:
             "hint_alloc": np.where(starts[:, None], actions.alloc, -1).astype(np.int64)}
 
 
-def round_arrays(obs: dict[str, np.ndarray], scenario: Scenario) -> dict[str, np.ndarray]:
-    """What one round needs to be scored and stored: its graph arrays plus the per-agent masks and
-    node ids (`agents.learned.batch.collate` and the exported program's feeds are built from it)."""
-    g = graph_arrays(obs, scenario)
+def round_arrays(obs: dict[str, np.ndarray], scenario: Scenario, node_faults: bool = False
+                 ) -> dict[str, np.ndarray]:
+    """What one round needs to be scored and stored: its graph arrays (with the node-health columns
+    when `node_faults`) plus the per-agent masks and node ids (`agents.learned.batch.collate` and
+    the exported program's feeds are built from it)."""
+    g = graph_arrays(obs, scenario, node_faults)
     for k in MASK_KEYS:
         g[k] = obs[k]
     g["node_id"] = obs["node_id"]
@@ -175,17 +179,20 @@ class RoundPlanner:
     """The learned policy's round logic around a `Scorer`; holds the current slot's plans."""
 
     def __init__(self, scenario: Scenario, options: ActingOptions | None = None, record_arrays: bool = True,
-                 greedy_hint: bool = False, decline: bool = False, hint_policy: str = "greedy"):
+                 greedy_hint: bool = False, decline: bool = False, hint_policy: str = "greedy",
+                 node_faults: bool = False):
         """`record_arrays`: keep every round's graph arrays in its `RoundRecord` (what PPO learns
         from); False builds them only for rounds in which some agent decides (a runtime that keeps
         no records, e.g. the exported policy, saves the work in the other rounds). `greedy_hint`:
         add greedy's proposals to the arrays (a network with `ModelConfig.greedy_hint` needs them).
-        `decline`: offer the decline choices (a network with `ModelConfig.decline` scores them)."""
+        `decline`: offer the decline choices (a network with `ModelConfig.decline` scores them).
+        `node_faults`: graph arrays with the node-health columns (`ModelConfig.node_faults`)."""
         if decline and not scenario.allow_decline:
             raise ValueError(f"this policy declines tasks (admission control), but scenario '{scenario.name}' does "
                              f"not allow declining (allow_decline = false). Fix: run it on the scenario it was "
                              f"trained on (one with allow_decline = true), or use a policy trained without declines.")
         self.decline = decline
+        self.node_faults = node_faults
         self.scenario = scenario
         self.options = options or ActingOptions()
         self.record_arrays = record_arrays
@@ -213,7 +220,7 @@ class RoundPlanner:
 
     def round_arrays(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`round_arrays` of this round, with the greedy hints when the planner makes them."""
-        return {**round_arrays(obs, self.scenario), **self.hints(obs)}
+        return {**round_arrays(obs, self.scenario, self.node_faults), **self.hints(obs)}
 
     def plan_round(self, obs: dict[str, np.ndarray], scorer: Scorer) -> tuple[RoundActions, RoundRecord]:
         """This round's actions of all agents, and what was decided (for PPO)."""

@@ -26,6 +26,7 @@ import torch
 from agents.learned.acting import ActingOptions, AgentDecision, RoundPlanner, RoundRecord, ScoreRequest, Step
 from agents.learned.model import TapFingerNet
 from envs.episode import EpisodeRun, RoundInfo, decide
+from tapfinger.sim.faults import fault_scaled  # noqa: F401 (EpisodeJob.scenario_of; re-exported)
 from tapfinger.sim.scenario import Scenario
 
 
@@ -74,9 +75,12 @@ class EpisodeJob:
     learner_acts: bool = False
     deterministic: bool = False
     rate: float = 0.0  # arrivals per slot of this episode (0 = the scenario's; a training load distribution)
+    fault_scale: float = 1.0  # the scenario's fault rates times this (0 = no faults; a training fault distribution)
 
     def scenario_of(self, scenario: Scenario) -> Scenario:
-        """The scenario this episode plays: `scenario` at the job's arrival rate, if it sets one."""
+        """The scenario this episode plays: `scenario` at the job's arrival rate, if it sets one, and
+        at its fault scale (`fault_scaled`)."""
+        scenario = fault_scaled(scenario, self.fault_scale)
         if not self.rate or scenario.arrivals.rate == self.rate:
             return scenario
         if scenario.arrivals.process != "poisson":
@@ -150,13 +154,14 @@ class _Env:
     """One episode of the lockstep: its run, planner, sampling generator and what it recorded."""
 
     def __init__(self, scenario: Scenario, job: EpisodeJob, acting: ActingOptions, reward: RewardSpec,
-                 greedy_hint: bool = False, decline: bool = False, hint_policy: str = "greedy"):
+                 greedy_hint: bool = False, decline: bool = False, hint_policy: str = "greedy",
+                 node_faults: bool = False):
         scenario = job.scenario_of(scenario)
         self.scenario, self.job, self.reward = scenario, job, reward
         self.missed = 0
         self.run = EpisodeRun(scenario, job.seed, name=job.teacher or "tapfinger")
         self.planner = RoundPlanner(scenario, acting, record_arrays=False, greedy_hint=greedy_hint, decline=decline,
-                                    hint_policy=hint_policy)
+                                    hint_policy=hint_policy, node_faults=node_faults)
         self.rng = np.random.default_rng(job.sample_seed)
         self.teacher = None
         if job.teacher:
@@ -222,8 +227,8 @@ def collect_lockstep(scenario: Scenario, net: TapFingerNet, acting: ActingOption
         raise ValueError("collect_lockstep plays all jobs sampled or all greedy; collect the others separately")
     deterministic = bool(jobs) and jobs[0].deterministic
     scorer = LockstepScorer(net, torch.device(device), acting.pointer)
-    envs = [_Env(scenario, job, acting, reward, net.cfg.greedy_hint, net.cfg.decline, net.cfg.hint_policy)
-            for job in jobs]
+    envs = [_Env(scenario, job, acting, reward, net.cfg.greedy_hint, net.cfg.decline, net.cfg.hint_policy,
+                 net.cfg.node_faults) for job in jobs]
     active = list(envs)
     while active:
         waiting = [(env, req) for env in active if (req := env.begin_round()) is not None]

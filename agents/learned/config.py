@@ -85,6 +85,12 @@ class TrainConfig:
     # a distribution of loads: arrival seed j of an iteration plays at rates[j % len] (Poisson scenarios;
     # empty = the scenario's own rate), so one policy learns several loads instead of one
     rates: tuple[float, ...] = ()
+    # a distribution of fault rates (scenarios with [faults]): arrival seed j of an iteration plays with the
+    # scenario's fault rates times fault_scales[j % len] (0 = no faults; empty = the scenario's own faults)
+    fault_scales: tuple[float, ...] = ()
+    # node health and speed in the graph's features (ModelConfig.node_faults): auto = on exactly where the
+    # scenario has [faults]; on = always (1s where nothing fails); off = never
+    node_faults: Literal["auto", "on", "off"] = "auto"
     model: ModelOptions = field(default_factory=ModelOptions)
     acting: ActingOptions = field(default_factory=ActingOptions)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -93,7 +99,12 @@ class TrainConfig:
         """The network's full configuration for `scenario` (imports torch)."""
         from agents.learned.model import ModelConfig
 
-        return ModelConfig.for_scenario(scenario, **asdict(self.model), decline=self.declines(scenario))
+        return ModelConfig.for_scenario(scenario, **asdict(self.model), decline=self.declines(scenario),
+                                        node_faults=self.sees_node_faults(scenario))
+
+    def sees_node_faults(self, scenario: Scenario) -> bool:
+        """Whether the network of this run for `scenario` sees node health and speed (--node-faults)."""
+        return self.node_faults == "on" or (self.node_faults == "auto" and scenario.faults.active)
 
     def declines(self, scenario: Scenario) -> bool:
         """Whether the network of this run for `scenario` has the decline action (--decline)."""
@@ -134,6 +145,9 @@ class TrainConfig:
             (self, "total_steps", self.total_steps >= 0, "at least 0 (0 = imitation only)"),
             (self, "seed", self.seed >= 0, "at least 0"),
             (self, "rates", all(0 < r <= 1_000_000 for r in self.rates), "positive arrival rates, e.g. --rates 4 6 9"),
+            (self, "fault_scales", all(0 <= x <= 1_000_000 for x in self.fault_scales),
+             "fault scales of 0 or more (0 = no faults, 1 = the scenario's), e.g. --fault-scales 0 1 2"),
+            (self, "node_faults", self.node_faults in ("auto", "on", "off"), "auto, on or off"),
             (self, "imitation_episodes", self.imitation_episodes >= 0, "at least 0 (0 = 2 x --envs)"),
             (self, "imitation_epochs", self.imitation_epochs >= 1, "at least 1"),
             (self, "dagger_rounds", self.dagger_rounds >= 0, "at least 0"),

@@ -42,9 +42,10 @@ def export_metadata(scenario: Scenario, cfg: ModelConfig, acting: dict, fmt: str
         "scenario": scenario.name,
         "scenario_fingerprint": scenario_fingerprint(scenario),
         "scenario_parts": stored_parts(scenario),  # so that a refusal can say what differs
-        "feature_layout": expected_layout(scenario, cfg.greedy_hint, cfg.decline),
+        "feature_layout": expected_layout(scenario, cfg.greedy_hint, cfg.decline, cfg.node_faults),
         "acting": {k: acting[k] for k in ACTING_KEYS if k in acting},
         "decline": bool(cfg.decline),  # whether the policy declines tasks (admission control)
+        "node_faults": bool(cfg.node_faults),  # whether it reads node health and speed (envs.graph)
         "model_config": cfg.to_dict(),
         "tapfinger_version": __version__,
         "program": {"format": fmt, "torch": str(torch.__version__),

@@ -104,7 +104,7 @@ def random_feeds(cfg: ModelConfig, N: int, nodes_per_cluster: list[int], P: int,
     """A random but well-formed input of the given sizes (tracing example; size checks in tests)."""
     rng = np.random.default_rng(seed)
     R = cfg.num_resources
-    dims = feature_dims(cfg.num_types, cfg.num_resources)
+    dims = feature_dims(cfg.num_types, cfg.num_resources, cfg.node_faults)
     NN = max(nodes_per_cluster)
     NT = sum(nodes_per_cluster)
     node_cluster = np.repeat(np.arange(N), nodes_per_cluster)

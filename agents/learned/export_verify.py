@@ -174,8 +174,9 @@ def verify_export(path: Path, fmt: str, scenario: Scenario, net: TapFingerNet, a
         stacked = decision_masks(obs, np.asarray(agents, dtype=np.int64), net.cfg.decline)
         masks = [{k: stacked[k][j] for k in MASK_KEYS} for j in range(len(agents))]
         hints = {k: obs[k] for k in HINT_INPUTS if k in obs}  # sample_rounds keeps them with the round
-        got = runner.run({**graph_feeds(obs, scenario), **hints, **decision_feeds(agents, masks)})
-        problem = greedy_mismatch(net, {**round_arrays(obs, scenario), **hints}, agents, masks, got,
+        faults = net.cfg.node_faults
+        got = runner.run({**graph_feeds(obs, scenario, faults), **hints, **decision_feeds(agents, masks)})
+        problem = greedy_mismatch(net, {**round_arrays(obs, scenario, faults), **hints}, agents, masks, got,
                                   pointer=pointer)
         if problem:
             raise ExportError(f"the exported {fmt} program differs from the eager model on round {r} of a "

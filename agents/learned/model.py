@@ -18,6 +18,10 @@ W+1 to 2W+1: 0 = do nothing, 1..W = start window place i-1, W+1..2W = decline wi
 The decline logits come from their own head (`decline_head`) on [agent context, task embedding],
 with the bias `DECLINE_INIT`. A decline has no node or allocation: its log-probability is that
 of the task choice alone.
+
+With `node_faults` (scenarios with `[faults]`) the graph's node and cluster vertices carry the
+node-health columns (`envs.graph.NODE_FAULT_COLUMNS`: each node's health and current speed, each
+cluster's share of nodes up and their mean speed): only the input widths of the encoders change.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class ModelConfig:
     greedy_hint: bool = False  # greedy's proposal is an input, added to every head's logits (hint_weight)
     hint_policy: str = "greedy"  # the heuristic that makes that proposal (a registry name; older checkpoints: greedy)
     decline: bool = False  # the task choice also offers "decline window place i" (decline_head)
+    node_faults: bool = False  # node and cluster features include node health and speed (envs.graph)
 
     @classmethod
     def for_scenario(cls, scenario: Scenario, **kw) -> "ModelConfig":
@@ -77,7 +82,7 @@ class ModelConfig:
 
     def feature_dims(self) -> dict[str, int]:
         """The input width of each vertex type (`envs.graph.feature_dims`, the graph layout's home)."""
-        return feature_dims(self.num_types, self.num_resources)
+        return feature_dims(self.num_types, self.num_resources, self.node_faults)
 
     def to_dict(self) -> dict:
         return asdict(self)

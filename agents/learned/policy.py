@@ -95,7 +95,7 @@ class Planner(RoundPlanner):
     def __init__(self, net: TapFingerNet, scenario: Scenario, options: ActingOptions | None = None,
                  device: str | torch.device = "cpu"):
         super().__init__(scenario, options, greedy_hint=net.cfg.greedy_hint, decline=net.cfg.decline,
-                         hint_policy=net.cfg.hint_policy)
+                         hint_policy=net.cfg.hint_policy, node_faults=net.cfg.node_faults)
         self.net = net
         self.device = torch.device(device)
 

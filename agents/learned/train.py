@@ -17,20 +17,26 @@ PPO then learns when to go on or stop a sequence.
 action (`ModelConfig.decline`, stored in the checkpoint): collection, PPO and evaluation offer it,
 a teacher's declines become labels (collect.teacher_record), and `--miss-penalty` is what makes a
 decline pay in PPO (a decline is a miss, charged like a late task).
+
+Faults (scenarios with `[faults]`): `--node-faults` (auto: on exactly there) gives the network the
+node-health features (`ModelConfig.node_faults`), and `--fault-scales` trains over a distribution
+of fault rates, like `--rates` over loads (`tapfinger.sim.faults.fault_scaled`: arrival seed j of an iteration
+plays at fault_scales[j % len]; 0 = no faults), so the policy meets fault rates around the
+scenario's, not only the one it will be evaluated at. The periodic evaluation plays the scenario's
+own faults (`agents.learned.train_eval`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from agents.learned.acting import ActingOptions
 from agents.learned.advantages import (
     ValueNorm,
     attach_values,
@@ -38,68 +44,25 @@ from agents.learned.advantages import (
     explained_variance,
 )
 from agents.learned.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from agents.learned.collect import Episode, EpisodeJob, RewardSpec, collect_lockstep
+from agents.learned.collect import Episode, EpisodeJob, RewardSpec
 from agents.learned.config import TrainConfig
 from agents.learned.model import TapFingerNet
 from agents.learned.ppo import DivergedError, imitation_update, ppo_update
 from agents.learned.resume import check_resumable
+from agents.learned.train_eval import (EVAL_SEED_START, EvalResult, PeriodicEvaluation, evaluate_policy,
+                                       heuristic_avg_jct, heuristic_eval)
 from agents.learned.workers import Collector
+from envs.graph import NODE_FAULT_COLUMNS
 from tapfinger.sim.scenario import Scenario
 
-EVAL_SEED_START = 900  # evaluation seeds during training; `tapfinger evaluate` defaults to >= 1000
+# the periodic evaluation's names, where callers found them before it had its own module
+__all__ = ["EVAL_SEED_START", "EvalResult", "Trainer", "evaluate_policy", "heuristic_avg_jct", "heuristic_eval"]
+
 
 
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state()}
 
-
-@dataclass
-class EvalResult:
-    avg_jct: float  # mean over the seeds of each episode's avg JCT of finished tasks
-    unfinished: int  # tasks left unfinished, all seeds together (never averaged in)
-    deadline_ratio: float = float("nan")  # mean over the seeds (nan: no task has a deadline)
-
-    def better_than(self, other: "EvalResult | None") -> bool:
-        """On a deadline scenario more deadlines met is better (then a lower avg JCT); elsewhere a lower
-        avg JCT. What `best.pt` keeps."""
-        if other is None:
-            return True
-        if np.isfinite(self.deadline_ratio) and np.isfinite(other.deadline_ratio) \
-                and self.deadline_ratio != other.deadline_ratio:
-            return self.deadline_ratio > other.deadline_ratio
-        return self.avg_jct < other.avg_jct
-
-
-def evaluate_policy(scenario: Scenario, net: TapFingerNet, acting: ActingOptions, seeds: list[int],
-                    device: str | torch.device = "cpu") -> EvalResult:
-    """The network's greedy actions on `seeds` (in lockstep), measured as `tapfinger evaluate` measures."""
-    was_training = net.training
-    net.eval()
-    episodes = collect_lockstep(scenario, net, acting, [EpisodeJob(s, deterministic=True) for s in seeds],
-                                device=device)
-    net.train(was_training)
-    return EvalResult(float(np.mean([e.avg_jct for e in episodes])), sum(e.unfinished for e in episodes),
-                      _mean_ratio([e.deadline_ratio for e in episodes]))
-
-
-def _mean_ratio(ratios: list[float]) -> float:
-    finite = [r for r in ratios if np.isfinite(r)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def heuristic_eval(scenario: Scenario, name: str, seeds: list[int]) -> EvalResult:
-    """The heuristic `name` on `seeds`, measured as `evaluate_policy` measures the network."""
-    from agents.registry import make_policy
-    from envs.episode import run_episode
-
-    pol = make_policy(name, scenario)
-    results = [run_episode(scenario, pol, s) for s in seeds]
-    return EvalResult(float(np.mean([r.avg_jct for r in results])), sum(r.unfinished for r in results),
-                      _mean_ratio([r.deadline_ratio for r in results]))
-
-
-def heuristic_avg_jct(scenario: Scenario, name: str, seeds: list[int]) -> float:
-    return heuristic_eval(scenario, name, seeds).avg_jct
 
 
 class Trainer:
@@ -111,6 +74,9 @@ class Trainer:
             raise ValueError(f"--run-dir {self.run_dir} is a file, not a folder. Fix: pass a new or existing folder.")
         if cfg.rates and scenario.arrivals.process != "poisson":
             raise ValueError(f"--rates needs a Poisson scenario; {scenario.name} replays a trace. Fix: drop --rates")
+        if cfg.fault_scales and not scenario.faults.active:
+            raise ValueError(f"--fault-scales needs a scenario with faults; '{scenario.name}' has no active [faults] "
+                             f"table. Fix: drop --fault-scales, or train on a scenario with faults (e.g. edge-faulty)")
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda asked for, but torch sees no CUDA device. Fix: use --device cpu, or "
@@ -147,7 +113,11 @@ class Trainer:
         where declining pays); so a policy trained without declines is fine-tuned with them. The
         scenario must be the checkpoint's, except that it may allow declining where the
         checkpoint's did not. A checkpoint with the head, on a run without declines, gives all but
-        the head."""
+        the head.
+
+        Node faults: a checkpoint without the node-health columns (`ModelConfig.node_faults`), on a
+        run with them, gives its input layers with zero weights on the new columns, so the run
+        starts as the checkpoint's policy, blind to faults until PPO learns to use them."""
         src = load_checkpoint(path, self._init_scenario(path)).net
         for name in ("hidden", "layers", "heads", "encoder"):
             if getattr(src.cfg, name) != getattr(self.model_cfg, name):
@@ -156,10 +126,10 @@ class Trainer:
                                       f"{getattr(src.cfg, name)}.")
         own = self.net.state_dict()
         # everything that fits: a critic of another input width (critic_progress) starts fresh
-        self.net.load_state_dict({k: v for k, v in src.state_dict().items()
-                                  if k in own and own[k].shape == v.shape}, strict=False)
+        self.net.load_state_dict(_fitting(own, src.state_dict()), strict=False)
         if self.net.critic_encoder is not None and src.critic_encoder is None:
-            self.net.critic_encoder.load_state_dict(src.encoder.state_dict())
+            self.net.critic_encoder.load_state_dict(_fitting(self.net.critic_encoder.state_dict(),
+                                                             src.encoder.state_dict()))
         # The starting policy replaces the warm start; with --dagger-rounds it is the learner of an
         # expert iteration instead: it plays, the --imitate teacher (e.g. rollout) labels its states.
         self.imitation_done = not (self.cfg.imitate and self.cfg.dagger_rounds)
@@ -211,11 +181,13 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _jobs(self, n: int, seed_base: int, teacher: str = "", learner_acts: bool = False) -> list[EpisodeJob]:
         """`n` episodes; with --rollouts-per-seed K, K consecutive episodes share an arrival seed (and
-        its load, with --rates)."""
+        its load, with --rates, and its fault scale, with --fault-scales)."""
         k = self.cfg.ppo.rollouts_per_seed if not teacher else 1
         rates = self.cfg.rates or (0.0,)
+        scales = self.cfg.fault_scales or (1.0,)
         return [EpisodeJob(seed_base + e // k, (self.cfg.seed * 1_000_003 + seed_base + e) % (2**31), teacher,
-                           learner_acts, rate=float(rates[(e // k) % len(rates)])) for e in range(n)]
+                           learner_acts, rate=float(rates[(e // k) % len(rates)]),
+                           fault_scale=float(scales[(e // k) % len(scales)])) for e in range(n)]
 
     def train(self, log=print) -> dict:
         from torch.utils.tensorboard import SummaryWriter
@@ -252,7 +224,7 @@ class Trainer:
             self._imitate(collector, writer, log)
         bar = tqdm(total=self.cfg.total_steps, initial=min(self.steps, self.cfg.total_steps), unit="step",
                    desc=f"train {self.scenario.name}", disable=not self.progress)
-        evaluator = _PeriodicEvaluation(self, writer, bar)
+        evaluator = PeriodicEvaluation(self, writer, bar)
         deadline = time.time() + 60 * self.cfg.max_minutes if self.cfg.max_minutes else np.inf
         while self.steps < self.cfg.total_steps and time.time() < deadline:
             entry = self._ppo_iteration(collector, writer, bar)
@@ -336,6 +308,22 @@ class Trainer:
         self.save()
 
 
+def _fitting(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of `src` that fit `own`, and input weights widened by the node-health columns
+    (`envs.graph.NODE_FAULT_COLUMNS`, the last columns of their layouts) with zeros there."""
+    out = {}
+    extra = len(NODE_FAULT_COLUMNS["node"])
+    for k, v in src.items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            out[k] = v
+        elif (k.endswith(("inp.node.weight", "inp.cluster.weight")) and v.dim() == 2
+              and tuple(own[k].shape) == (v.shape[0], v.shape[1] + extra)):
+            out[k] = torch.cat([v, v.new_zeros(v.shape[0], extra)], dim=1)
+    return out
+
+
 def _optimizer(net: TapFingerNet, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam; a separate critic is its own parameter group with --critic-lr (the critic has to
     track returns faster than the policy may move)."""
@@ -372,39 +360,3 @@ def _episode_quality(episodes: list[Episode]) -> tuple[float, int]:
     return float(np.mean([e.avg_jct for e in episodes])), int(sum(e.unfinished for e in episodes))
 
 
-class _PeriodicEvaluation:
-    """The network's greedy play on the evaluation seeds against `eval_heuristic` on the same seeds
-    (the heuristic's number is computed once per `train()`); keeps `best.pt`."""
-
-    def __init__(self, trainer: Trainer, writer, bar):
-        self.trainer, self.writer, self.bar = trainer, writer, bar
-        self.seeds = list(range(EVAL_SEED_START, EVAL_SEED_START + trainer.cfg.eval_seeds))
-        self.baseline: EvalResult | None = None
-
-    def run(self) -> dict:
-        t, cfg, writer = self.trainer, self.trainer.cfg, self.writer
-        if self.baseline is None:
-            self.baseline = heuristic_eval(t.scenario, cfg.eval_heuristic, self.seeds)
-        ev = evaluate_policy(t.scenario, t.net, cfg.acting, self.seeds, t.device)
-        writer.add_scalar("eval/avg_jct", ev.avg_jct, t.steps)
-        writer.add_scalar(f"eval/avg_jct_{cfg.eval_heuristic}", self.baseline.avg_jct, t.steps)
-        if ev.unfinished:
-            writer.add_scalar("eval/unfinished_tasks", ev.unfinished, t.steps)
-        deadlines = np.isfinite(ev.deadline_ratio)
-        if deadlines:
-            writer.add_scalar("eval/deadline_ratio", ev.deadline_ratio, t.steps)
-            writer.add_scalar(f"eval/deadline_ratio_{cfg.eval_heuristic}", self.baseline.deadline_ratio, t.steps)
-        past = [EvalResult(h["eval_avg_jct"], 0, h.get("eval_deadline_ratio", float("nan")))
-                for h in t.history if "eval_avg_jct" in h]
-        if all(ev.better_than(p) for p in past):
-            t.save(t.run_dir / "best.pt")  # the best evaluation so far, for shipping
-        shown = {"eval_jct": f"{ev.avg_jct:.3f}", cfg.eval_heuristic: f"{self.baseline.avg_jct:.3f}"}
-        if deadlines:
-            shown |= {"eval_met": f"{ev.deadline_ratio:.3f}", f"{cfg.eval_heuristic}_met": f"{self.baseline.deadline_ratio:.3f}"}
-        self.bar.set_postfix(**shown)
-        out = {"eval_avg_jct": ev.avg_jct, "eval_unfinished_tasks": ev.unfinished,
-               f"eval_avg_jct_{cfg.eval_heuristic}": self.baseline.avg_jct}
-        if deadlines:
-            out |= {"eval_deadline_ratio": ev.deadline_ratio,
-                    f"eval_deadline_ratio_{cfg.eval_heuristic}": self.baseline.deadline_ratio}
-        return out

@@ -12,7 +12,7 @@ fast it runs. What the events do to running tasks is the engine's (tapfinger/sim
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -118,3 +118,31 @@ def apply_event(state: NodeState, node: int, event: str, value: float) -> None:
         state.away[node] = False
     else:
         raise ValueError(f"unknown fault event {event!r}. Fix: use one of fail, repair, slow, recover, leave, join")
+
+
+def fault_scaled(scenario: Scenario, scale: float) -> Scenario:
+    """`scenario` with its faults `scale` times as frequent: the mean time between events of every
+    fault process (failures, slowdowns, departures) divided by `scale`; repair, slowdown and absence
+    durations, checkpoints and restart costs stay. 0 = no faults (the checkpoints are still taken and
+    paid for: the system is the same, its nodes never fail). 1 = `scenario` itself. A scenario that
+    replays an event file has no rate to scale: only 0 and 1 apply to it."""
+    if scale == 1:
+        return scenario
+    f = scenario.faults
+    if not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"a fault scale must be 0 or more (0 = no faults), not {scale!r}. Fix: pass "
+                         f"--fault-scales with such values, e.g. --fault-scales 0 1 2")
+    if not f.active:
+        raise ValueError(f"a fault scale ({scale:g}) needs a scenario with faults; '{scenario.name}' has no active "
+                         f"[faults] table. Fix: drop --fault-scales, or train on a scenario with faults "
+                         f"(e.g. edge-faulty)")
+    if scale == 0:
+        off = replace(f, mtbf_seconds=0.0, slowdown_mtbf_seconds=0.0, leave_mtbf_seconds=0.0, events=())
+        return scenario.with_overrides(faults=off)
+    if f.events:
+        raise ValueError(f"'{scenario.name}' replays a fault event file ({f.file or 'events'}), which has no rate to "
+                         f"scale by {scale:g}. Fix: use fault scales 0 and 1 only, or a scenario whose [faults] "
+                         f"draws events (mtbf_seconds, slowdown_mtbf_seconds, leave_mtbf_seconds)")
+    return scenario.with_overrides(faults=replace(
+        f, mtbf_seconds=f.mtbf_seconds / scale, slowdown_mtbf_seconds=f.slowdown_mtbf_seconds / scale,
+        leave_mtbf_seconds=f.leave_mtbf_seconds / scale))
