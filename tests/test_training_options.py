@@ -39,6 +39,11 @@ def test_init_from_copies_the_policy_and_seeds_a_separate_critic_with_its_encode
     with pytest.raises(CheckpointError, match="--hidden 16"):
         Trainer(dataclasses.replace(tiny(tmp_path / "other", 0), init_from=str(path), model=ModelOptions(hidden=32)),
                 sc, progress=False)
+    # a hinted run from an unhinted policy (or the reverse) would silently add or drop the hints
+    hinted = dataclasses.replace(tiny(tmp_path / "hinted", 0), init_from=str(path),
+                                 model=dataclasses.replace(tiny(tmp_path / "hinted", 0).model, greedy_hint=True))
+    with pytest.raises(CheckpointError, match="trained without hints.*Fix: leave out --greedy-hint"):
+        Trainer(hinted, sc, progress=False)
 
 
 def test_critic_warmup_leaves_the_policy_untouched_and_then_it_moves(tmp_path):

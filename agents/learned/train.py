@@ -124,6 +124,17 @@ class Trainer:
                 raise CheckpointError(f"--init-from {path} has --{name} {getattr(src.cfg, name)!r}, this run "
                                       f"{getattr(self.model_cfg, name)!r}. Fix: pass --{name} "
                                       f"{getattr(src.cfg, name)}.")
+        # Hints are an input and a weight per head: a run without them would silently drop what the
+        # policy copies (and one with another hint policy would copy another heuristic).
+        hinted = (src.cfg.greedy_hint, src.cfg.hint_policy if src.cfg.greedy_hint else "")
+        if hinted != (self.model_cfg.greedy_hint, self.model_cfg.hint_policy if self.model_cfg.greedy_hint else ""):
+            fix = (f"pass --greedy-hint --hint-policy {src.cfg.hint_policy}" if src.cfg.greedy_hint
+                   else "leave out --greedy-hint")
+            raise CheckpointError(f"--init-from {path} was trained {'with' if src.cfg.greedy_hint else 'without'} "
+                                  f"hints{f' from {src.cfg.hint_policy}' if src.cfg.greedy_hint else ''}, this run "
+                                  f"{'with' if self.model_cfg.greedy_hint else 'without'} "
+                                  f"{f'hints from {self.model_cfg.hint_policy}' if self.model_cfg.greedy_hint else 'hints'}. "
+                                  f"Fix: {fix}.")
         own = self.net.state_dict()
         # everything that fits: a critic of another input width (critic_progress) starts fresh
         self.net.load_state_dict(_fitting(own, src.state_dict()), strict=False)
