@@ -99,12 +99,16 @@ class Study:
     workers: int = 1
     cache: object = None  # an EpisodeCache, or None
     progress: bool = True
+    # per policy its constructor options, resolved once on the base scenario (a learned policy's
+    # checkpoint: the arms are renamed, and no checkpoint ships under an arm's name)
+    options: dict = dataclasses.field(default_factory=dict)
 
     def run(self, scenario, names: list[str]) -> dict:
         from tapfinger.evaluation.harness import EvalConfig, run_evaluation
 
         return run_evaluation(EvalConfig(scenario, list(names), self.seeds, workers=self.workers,
-                                         progress=self.progress, cache=self.cache))
+                                         progress=self.progress, cache=self.cache,
+                                         policy_options={n: self.options.get(n, {}) for n in names}))
 
 
 def per_seed(results: dict, name: str, key: str) -> np.ndarray:
@@ -235,6 +239,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint-cost", type=float, default=None,
                    help="seconds per checkpoint in study (b) (default: the scenario's checkpoint_cost_seconds)")
     p.add_argument("--checkpoint-policy", default="greedy", help="the policy of study (b) (default: greedy)")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint of a learned policy in --policies (default: the one shipped for --scenario)")
     p.add_argument("--fault-scales", type=float, nargs="+", default=None, metavar="X",
                    help="run study (c) at these multiples of the fault rates, e.g. 0.5 1 2")
     p.add_argument("--seeds", type=int, default=20, help="number of seeds (default: 20)")
@@ -307,7 +313,7 @@ def _finite(value):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from agents.registry import policy_class
+    from agents.registry import policy_class, policy_options
     from tapfinger.evaluation.episode_cache import CACHE_NAME, EpisodeCache
 
     out = Path(args.out)
@@ -315,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         scenario = build_scenario(args)
         for n in {*args.policy_names, args.checkpoint_policy}:
             policy_class(n)  # an unknown name: a ValueError naming the known ones
+        options = {n: policy_options(n, scenario, checkpoint=args.checkpoint)
+                   for n in {*args.policy_names, args.checkpoint_policy}}
         if args.fault_scales:
             scaled(scenario, args.fault_scales[0])  # an event file has no rate to scale
         out.mkdir(parents=True, exist_ok=True)
@@ -322,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fault_study.py: error: {exc}", file=sys.stderr)
         return 2
     cache = EpisodeCache(out / CACHE_NAME)
-    study = Study(list(range(args.seed_start, args.seed_start + args.seeds)), args.workers, cache, not args.quiet)
+    study = Study(list(range(args.seed_start, args.seed_start + args.seeds)), args.workers, cache, not args.quiet,
+                  options)
     try:
         found = run_study(args, scenario, study, out)
     except KeyboardInterrupt as exc:  # the harness terminated its workers; finished episodes are cached
