@@ -307,7 +307,7 @@ def test_without_resolve_files_the_csv_is_not_read(tmp_path):
     ("time_seconds,available\n0,nan\n", "line 2, column 'available': 'nan' is not a finite number"),
     ("time_seconds,available\n0,1,2\n", "line 2: 3 cells, but a row has 2"),
     ("time_seconds,available\n", "no rows"),
-    ("", "no rows (and no header)"),
+    ("", "no header. Fix: start the file with the line `time_seconds,available`"),
 ], ids=["header", "repeated-time", "decreasing-time", "share-above-1", "share-below-0", "first-time",
         "not-a-number", "nan", "cells", "no-rows", "empty"])
 def test_a_bad_capacity_csv_names_file_line_and_column(tmp_path, csv_text, expected):

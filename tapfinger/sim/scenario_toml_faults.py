@@ -15,13 +15,12 @@ join; `value` is the speed factor of a `slow` event (in (0, 1]) and empty otherw
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tapfinger.sim.scenario import FAULT_EVENTS, Cluster, Faults, ScenarioError, resolve_data_path
-from tapfinger.sim.textfile import read_text
+from tapfinger.sim.textfile import csv_rows, read_text
 
 if TYPE_CHECKING:  # only for annotations: scenario_toml imports this module
     from tapfinger.sim.scenario_toml import _Reader
@@ -85,20 +84,8 @@ def read_event_csv(path: Path, clusters: tuple[Cluster, ...], what: str = "fault
     first = {c.name: sum(len(x.nodes) for x in clusters[:i]) for i, c in enumerate(clusters)}
     sizes = {c.name: len(c.nodes) for c in clusters}
     rows: list[tuple[float, int, str, float]] = []
-    header = False
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip() or raw.strip().startswith("#"):
-            continue
-        cells = [c.strip() for c in next(csv.reader([raw]))]
-        if not header:
-            if cells != EVENT_HEADER:
-                raise ScenarioError(f"{where}, line {lineno}: header {cells} is not {EVENT_HEADER}. Fix: start the "
-                                    f"file with the line `{','.join(EVENT_HEADER)}`")
-            header = True
-            continue
+    for lineno, cells in csv_rows(text, EVENT_HEADER, where, ScenarioError):
         rows.append(_event_row(where, lineno, cells, first, sizes, rows[-1][0] if rows else 0.0))
-    if not header:
-        raise ScenarioError(f"{where}: no header. Fix: start the file with the line `{','.join(EVENT_HEADER)}`")
     return tuple(rows)
 
 

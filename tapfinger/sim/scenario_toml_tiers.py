@@ -9,14 +9,13 @@ in as `rd`) names file and key in every error. docs/scenario-format.md documents
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tapfinger.sim.scenario import (CAPACITY_CURVES, DEADLINE_RULES, SHRINK_RULES, CapacitySchedule, Deadlines,
                                     ProgressSpec, ScenarioError, resolve_data_path)
-from tapfinger.sim.textfile import read_text
+from tapfinger.sim.textfile import csv_rows, read_text
 
 if TYPE_CHECKING:  # only for annotations: scenario_toml imports this module
     from tapfinger.sim.scenario_toml import _Reader
@@ -72,17 +71,7 @@ def read_capacity_csv(path: Path, what: str = "capacity schedule") -> tuple[tupl
     where = f"{what} {path}"
     times: list[float] = []
     shares: list[float] = []
-    header = False
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip() or raw.strip().startswith("#"):
-            continue
-        cells = [c.strip() for c in next(csv.reader([raw]))]
-        if not header:
-            if cells != CSV_HEADER:
-                raise ScenarioError(f"{where}, line {lineno}: header {cells} is not {CSV_HEADER}. Fix: start the "
-                                    f"file with the line `{','.join(CSV_HEADER)}`")
-            header = True
-            continue
+    for lineno, cells in csv_rows(text, CSV_HEADER, where, ScenarioError):
         if len(cells) != 2:
             raise ScenarioError(f"{where}, line {lineno}: {len(cells)} cells, but a row has 2 ({','.join(CSV_HEADER)}). "
                                 f"Fix: write one time and one share per row")
@@ -92,8 +81,8 @@ def read_capacity_csv(path: Path, what: str = "capacity schedule") -> tuple[tupl
         times.append(t)
         shares.append(share)
     if not times:
-        raise ScenarioError(f"{where}: no rows{'' if header else ' (and no header)'}. Fix: write the header "
-                            f"`{','.join(CSV_HEADER)}` and at least the row `0,1`")
+        raise ScenarioError(f"{where}: no rows. Fix: write at least the row `0,1` after the header "
+                            f"`{','.join(CSV_HEADER)}`")
     return tuple(times), tuple(shares)
 
 

@@ -8,6 +8,8 @@ in the caller's error type with the caller's prefix, so each reader keeps its ow
 from __future__ import annotations
 
 import codecs
+import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 _BOM = codecs.BOM_UTF8
@@ -34,3 +36,23 @@ def read_text(path: Path, what: str, error: type[Exception], fix_missing: str = 
     except UnicodeDecodeError as exc:
         raise error(f"{where}: not UTF-8 text (byte {skip + exc.start} is 0x{exc.object[exc.start]:02x}). "
                     f"Fix: {fix_encoding}") from None
+
+
+def csv_rows(text: str, header: list[str], where: str, error: type[Exception]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, stripped cells) of each data row of a small CSV whose first row must be
+    `header`; blank lines and `#` comments are skipped. A wrong header is an error naming `where`,
+    the line and the header to write (the capacity schedules' and the fault events' files)."""
+    seen = False
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip() or raw.strip().startswith("#"):
+            continue
+        cells = [c.strip() for c in next(csv.reader([raw]))]
+        if not seen:
+            if cells != header:
+                raise error(f"{where}, line {lineno}: header {cells} is not {header}. Fix: start the file with "
+                            f"the line `{','.join(header)}`")
+            seen = True
+            continue
+        yield lineno, cells
+    if not seen:
+        raise error(f"{where}: no header. Fix: start the file with the line `{','.join(header)}`")
