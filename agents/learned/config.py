@@ -29,8 +29,7 @@ class ModelOptions:
     separate_critic: bool = True  # the critic gets its own encoder (--no-separate-critic: shared, as before)
     critic_progress: bool = True  # the critic also sees tasks yet to arrive and in the system (training only)
     greedy_hint: bool = False  # greedy's proposal for each agent is an input the network can copy or deviate from
-    # the heuristic whose proposal is that hint (with --greedy-hint): greedy, or e.g. edgeflow on cloud-edge
-    hint_policy: str = "greedy"
+    hint_policy: str = "greedy"  # the heuristic whose proposal is that hint (--greedy-hint): greedy, or e.g. edgeflow
 
 
 @dataclass
@@ -61,6 +60,8 @@ class TrainConfig:
     device: Literal["cpu", "cuda"] = "cpu"  # where the network updates run
     envs: int = 16  # episodes per PPO iteration, stepped in lockstep with batched forward passes
     workers: int = 0  # processes sharing the --envs (0 = one per CPU core on cpu, 1 on cuda)
+    backend: Literal["local", "ray"] = "local"  # --workers as local processes or Ray actors (docs/scale-out.md)
+    ray_address: str = ""  # with --backend ray: a Ray cluster's HOST:PORT ('' = start Ray here)
     total_steps: int = 100_000  # environment rounds of PPO (0 = only the imitation warm start)
     seed: int = 0  # seed of every random draw of the run
     imitate: str = "greedy"  # heuristic to imitate before PPO (warm start; '' to skip)
@@ -142,6 +143,9 @@ class TrainConfig:
             (self, "device", self.device in ("cpu", "cuda"), "cpu or cuda"),
             (self, "envs", self.envs >= 1, "at least 1"),
             (self, "workers", self.workers >= 0, "at least 0 (0 = automatic)"),
+            (self, "backend", self.backend in ("local", "ray"), "local or ray"),
+            (self, "ray_address", not self.ray_address or self.backend == "ray",
+             "empty unless --backend ray (add --backend ray)"),
             (self, "total_steps", self.total_steps >= 0, "at least 0 (0 = imitation only)"),
             (self, "seed", self.seed >= 0, "at least 0"),
             (self, "rates", all(0 < r <= 1_000_000 for r in self.rates), "positive arrival rates, e.g. --rates 4 6 9"),

@@ -22,7 +22,7 @@ from agents.learned.config import TrainConfig, _flatten, flag
 
 MAY_CHANGE_ON_RESUME = frozenset({
     "scenario",  # the checkpoint's scenario fingerprint is checked on load; a path may name a built-in
-    "run_dir", "total_steps", "workers", "device", "eval_every", "eval_seeds", "eval_heuristic",
+    "run_dir", "total_steps", "workers", "backend", "ray_address", "device", "eval_every", "eval_seeds", "eval_heuristic",
     "checkpoint_every", "max_minutes",
 })
 

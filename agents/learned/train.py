@@ -207,7 +207,8 @@ class Trainer:
         if not self.resumed:
             writer.add_text("hyperparameters", self.cfg.hparam_table())
         reward = RewardSpec(self.cfg.reward_scale, self.cfg.miss_penalty)
-        collector = Collector(self.scenario, self.cfg.acting, self.cfg.worker_count(), reward, self.device)
+        collector = Collector(self.scenario, self.cfg.acting, self.cfg.worker_count(), reward, self.device,
+                              backend=self.cfg.backend, ray_address=self.cfg.ray_address)
         try:
             self._loop(collector, writer, log)
         except KeyboardInterrupt:

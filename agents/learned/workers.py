@@ -5,6 +5,9 @@ the training process itself, on the training device (the GPU run: one process, l
 Every episode's draws depend only on its job (seed, sample seed), so any split of the same jobs
 gives the same episodes, in job order.
 
+`backend="ray"`: the shares go to Ray actors instead (agents/learned/ray_workers.py), the same
+episodes again.
+
 Ctrl-C: the workers ignore SIGINT (the terminal sends it to the whole process group); the
 training process gets the KeyboardInterrupt, terminates the pool (never waits on it) and
 re-raises, so an interrupted run stops promptly and leaves no process behind.
@@ -46,19 +49,26 @@ def split(jobs: list, parts: int) -> list[list]:
 
 
 class Collector:
-    """Collects episode jobs with the current network, in `workers` processes (1 = in-process)."""
+    """Collects episode jobs with the current network, in `workers` processes (1 = in-process), or
+    `workers` Ray actors with `backend="ray"` (at `ray_address`, or a Ray started here)."""
 
     def __init__(self, scenario: Scenario, acting: ActingOptions, workers: int, reward: RewardSpec,
-                 device: torch.device):
+                 device: torch.device, backend: str = "local", ray_address: str | None = None):
         self.scenario, self.acting, self.workers = scenario, acting, workers
         self.reward, self.device = reward, device
-        self.pool = None
-        if workers > 1:
+        self.pool = self.actors = None
+        if backend == "ray" and workers > 1:  # lazily: Ray is optional (pip install '.[ray]')
+            from agents.learned.ray_workers import RayCollector
+
+            self.actors = RayCollector(scenario, acting, workers, reward, ray_address or None)
+        elif workers > 1:
             import multiprocessing as mp
 
             self.pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
 
     def run(self, net: TapFingerNet, jobs: list[EpisodeJob]) -> list[Episode]:
+        if self.actors is not None and len(jobs) > 1:
+            return self.actors.run(net, jobs)
         if self.pool is None or len(jobs) == 1:
             was_training = net.training
             net.eval()
@@ -81,12 +91,18 @@ class Collector:
         return [e for part in parts for e in part]
 
     def terminate(self) -> None:
+        if self.actors is not None:
+            self.actors.terminate()
+            self.actors = None
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
 
     def close(self) -> None:
+        if self.actors is not None:
+            self.actors.close()
+            self.actors = None
         if self.pool is not None:
             self.pool.close()
             self.pool.join()

@@ -25,6 +25,14 @@ def add_common(p: argparse.ArgumentParser, default_policies: str, default_seeds:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="parallel worker processes (default: number of cores, at most 2; never more than "
                         "there are episodes)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the episodes run: local = worker processes on this machine; ray = Ray tasks "
+                        "(pip install '.[ray]'), on this machine or the cluster at --ray-address, at most "
+                        "--workers at a time; the same results either way (default: local)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --backend ray: a running Ray cluster, HOST:PORT as `ray start --head` prints it "
+                        "(or ray://HOST:10001, or auto); default: Ray is started on this machine with --workers "
+                        "CPUs (docs/scale-out.md)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint for the `tapfinger` policy (default: the shipped one for the scenario)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -68,6 +76,13 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: at least 1 worker process is needed. Fix: pass --workers 1 "
                          f"or more")
+    if args.ray_address and args.backend != "ray":
+        raise ValueError(f"--ray-address {args.ray_address} is only used by Ray. Fix: add --backend ray, or drop "
+                         f"--ray-address")
+    if args.backend == "ray":  # before any episode: a missing Ray says how to install it at once
+        from tapfinger.evaluation.ray_backend import import_ray
+
+        import_ray()
 
 
 OUT_FIX = "Fix: pass --out a folder you can write to (it is created if missing)"
@@ -141,7 +156,8 @@ def evaluate_and_report(args: argparse.Namespace, out: Path) -> dict:
     check_output_dir(out, ["results.json", CACHE_NAME, *plots])
     cache = EpisodeCache(out / CACHE_NAME)  # finished episodes, kept until the results are written
     cfg = EvalConfig(scenario, names, list(range(args.seed_start, args.seed_start + args.seeds)),
-                     workers=args.workers, policy_options=options, progress=not args.quiet, cache=cache)
+                     workers=args.workers, policy_options=options, progress=not args.quiet, cache=cache,
+                     backend=args.backend, ray_address=args.ray_address)
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(getattr(args, "command", None) or "evaluate")
         results = run_evaluation(cfg)  # on Ctrl-C: KeyboardInterrupt("kept N of M episodes in ...")

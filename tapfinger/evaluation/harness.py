@@ -62,6 +62,7 @@ from agents.worker_signals import quiet_worker_signals
 from tapfinger import __version__
 from tapfinger.evaluation.episode_cache import EpisodeCache, job_key
 from tapfinger.evaluation.metrics import EpisodeMetrics, episode_metrics, fault_entry, summary
+from tapfinger.evaluation.ray_backend import backend_runner  # imports Ray only when a backend needs it
 from tapfinger.sim.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ class EvalConfig:
     policy_options: dict[str, dict] = field(default_factory=dict)  # name -> kwargs (e.g. checkpoint)
     progress: bool = True
     cache: EpisodeCache | None = None  # where finished episodes are kept (None: nowhere)
+    backend: str = "local"  # local: the process pool below; ray: Ray tasks (ray_backend.py), the same episodes
+    ray_address: str | None = None  # with ray: a running cluster's address (None: Ray is started here)
 
 
 def _run_job(job: tuple[Scenario, str, int, dict]) -> tuple[str, EpisodeMetrics, float]:
@@ -237,7 +240,8 @@ def run_evaluation(cfg: EvalConfig) -> dict:
         bar.update()
 
     try:
-        _run_jobs([jobs[i] for i in todo], cfg.workers, on_result)
+        run = _run_jobs if cfg.backend == "local" else backend_runner(cfg.backend, cfg.ray_address)
+        run([jobs[i] for i in todo], cfg.workers, on_result)
     except KeyboardInterrupt:
         bar.close()
         if cfg.cache is None:
