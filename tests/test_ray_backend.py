@@ -229,3 +229,11 @@ def test_training_on_ray_gives_the_local_run(ray_up, tmp_path):
     assert clean[0] == clean[1] and "policy_loss" in clean[0][-1]  # the same episodes, hence the same losses
     for k, v in local_w.items():
         assert torch.equal(v, remote_w[k]), k
+    # exact resume on Ray: half the run, then --resume to the end, is the uninterrupted local run
+    half = dataclasses.replace(cfg, run_dir=str(tmp_path / "halves"), total_steps=100)
+    Trainer(half, sc, progress=False).train(log=lambda *_: None)
+    resumed = Trainer(dataclasses.replace(half, total_steps=200), sc, resume=True, progress=False)
+    assert 0 < resumed.iteration < local["iterations"]
+    resumed.train(log=lambda *_: None)
+    for k, v in local_w.items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
