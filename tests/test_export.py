@@ -199,9 +199,11 @@ def test_fingerprint_without_torch_equals_the_checkpoint_one():
     assert {"synthetic-3", "hetero-6", "edge-default"} <= set(got)
     stored = {p.stem: read_payload(p)["scenario_fingerprint"] for p in shipped}
     assert got == {name: stored[name] for name in got}
-    # scenarios are told apart, except an `-uncertain` variant and its base: the fingerprint leaves out
-    # the [uncertainty] table as it leaves out the arrivals (what a policy depends on structurally)
-    base = {name: name.removesuffix("-uncertain") for name in stored}
+    # scenarios are told apart, except an `-uncertain` or faulty variant and its base: the fingerprint
+    # leaves out the [uncertainty] and [faults] tables as it leaves out the arrivals (what a policy
+    # depends on structurally)
+    variants = {"edge-faulty": "edge-default"}
+    base = {name: variants.get(name, name.removesuffix("-uncertain")) for name in stored}
     for a in stored:
         for b in stored:
             assert (stored[a] == stored[b]) == (base[a] == base[b]), (a, b)
