@@ -169,3 +169,40 @@ def default_sigint() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+
+# ----------------------------------------------------------------------------- exported vs eager policies
+def distinct_workload(sc, seed: int, low: float = 1.0, spread: float = 0.2) -> Workload:
+    """The seed's arrival stream with a slightly different amount of work per task. With all work
+    equal, tasks of one type that arrive together and are seen by the same clusters are twins the
+    network cannot tell apart, scored 1e-7 apart by PyTorch and onnxruntime. The shared tie rule
+    picks the same twin in both (tests/test_ties.py plays episodes with twins); the lockstep
+    comparison below is kept free of them, so that a failure points at the program, not at a tie."""
+    from tapfinger.sim.workload import make_workload
+
+    wl = make_workload(sc, seed)
+    return dataclasses.replace(wl, work=low + spread * np.random.default_rng(seed).random(wl.num_tasks))
+
+
+def play_in_lockstep(sc, eager, others, seed: int, workload: Workload | None = None) -> Engine:
+    """Drive a strict engine with the eager policy's actions (declines included); every other policy
+    must choose the same actions in every round. The finished engine (every task finished or declined)."""
+    from envs.observations import build_observations
+
+    eng = Engine(sc, strict=True)
+    eng.reset(seed, workload=workload if workload is not None else distinct_workload(sc, seed))
+    for p in (eager, *others):
+        p.reset(seed)
+    while not eng.done:
+        obs = build_observations(eng)
+        a = eager.act(obs)
+        for p in others:
+            b = p.act(obs)
+            for field in ("task", "node", "alloc"):
+                assert np.array_equal(getattr(a, field), getattr(b, field)), \
+                    f"{p.name} differs from eager at slot {eng.slot} round {eng.round}: {field} " \
+                    f"{getattr(b, field).tolist()} vs {getattr(a, field).tolist()}"
+            assert (a.decline is None) == (b.decline is None) and (
+                a.decline is None or np.array_equal(a.decline, b.decline)), (p.name, "decline", eng.slot)
+        a.play(eng)
+    assert eng.finished_count + eng.declined_count == eng.T
+    return eng

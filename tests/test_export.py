@@ -3,7 +3,6 @@ episodes, dynamic sizes, metadata checks, clear refusals, and no torch_geometric
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -22,12 +21,9 @@ from agents.learned.export_verify import compare_outputs, eager_outputs_for_feed
 from agents.learned.model import ModelConfig, TapFingerNet
 from agents.learned.policy import LearnedPolicy
 from agents.registry import make_policy
-from envs.observations import build_observations
 from tapfinger.cli.main import main
-from tapfinger.sim.engine import Engine
 from tapfinger.sim.scenario import load_scenario
-from tapfinger.sim.workload import make_workload
-from tests.helpers import small
+from tests.helpers import play_in_lockstep, small
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = {"synthetic-3": 40, "edge-default": 30}  # name -> tasks per (shortened) episode
@@ -70,39 +66,6 @@ def exported(one_torch_thread, tmp_path_factory) -> dict[str, dict]:
     return out
 
 
-def distinct_workload(sc, seed: int):
-    """The seed's arrival stream with a slightly different amount of work per task. With all work
-    equal, tasks of one type that arrive together and are seen by the same clusters are twins the
-    network cannot tell apart, scored 1e-7 apart by PyTorch and onnxruntime. The shared tie rule
-    picks the same twin in both (tests/test_ties.py plays episodes with twins); here the lockstep
-    comparison is kept free of them, so that a failure points at the program, not at a tie."""
-    wl = make_workload(sc, seed)
-    work = 1.0 + 0.2 * np.random.default_rng(seed).random(wl.num_tasks)
-    return dataclasses.replace(wl, work=work)
-
-
-def play_in_lockstep(sc, eager, others, seed: int) -> int:
-    """Drive a strict engine with the eager policy; every other policy must choose the same actions."""
-    eng = Engine(sc, strict=True)
-    eng.reset(seed, workload=distinct_workload(sc, seed))
-    for p in (eager, *others):
-        p.reset(seed)
-    rounds = 0
-    while not eng.done:
-        obs = build_observations(eng)
-        a = eager.act(obs)
-        for p in others:
-            b = p.act(obs)
-            for field in ("task", "node", "alloc"):
-                assert np.array_equal(getattr(a, field), getattr(b, field)), \
-                    f"{p.name} differs from eager at slot {eng.slot} round {eng.round}: {field} " \
-                    f"{getattr(b, field).tolist()} vs {getattr(a, field).tolist()}"
-        eng.play_round(a.task, a.node, a.alloc)
-        rounds += 1
-    assert eng.finished_count == sc.arrivals.tasks
-    return rounds
-
-
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_exported_policies_choose_the_eager_greedy_actions(exported, name):
     e = exported[name]
@@ -111,7 +74,7 @@ def test_exported_policies_choose_the_eager_greedy_actions(exported, name):
     onnx_policy = make_policy(f"onnx:{e['onnx']}", sc)
     pt2_policy = make_policy(f"pt2:{e['pt2']}", sc)
     for seed in (1, 2):
-        assert play_in_lockstep(sc, eager, [onnx_policy, pt2_policy], seed) > 20
+        assert play_in_lockstep(sc, eager, [onnx_policy, pt2_policy], seed).rounds_total > 20
 
 
 def test_multi_task_sequences_match_the_planner(exported):

@@ -38,7 +38,7 @@ from envs.episode import run_episode
 from envs.observations import build_observations
 from tapfinger.sim.engine import Engine
 from tapfinger.sim.workload import make_workload
-from tests.helpers import small
+from tests.helpers import play_in_lockstep, small
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -279,19 +279,7 @@ def test_exported_hinted_policies_choose_the_eager_actions(exported):
     others = [ExportedPolicy(sc, path=exported[fmt], kind=fmt) for fmt in ("onnx", "pt2")]
     assert all(p.planner.greedy is not None for p in others)
     assert all(p.metadata["feature_layout"]["inputs"][-3:] == list(HINT_INPUTS) for p in others)
-    eng = Engine(sc, strict=True)
-    eng.reset(5, workload=varied_work(sc, 5))
-    for p in (eager, *others):
-        p.reset(5)
-    while not eng.done:
-        obs = build_observations(eng)
-        a = eager.act(obs)
-        for p in others:
-            b = p.act(obs)
-            for field in ("task", "node", "alloc"):
-                assert np.array_equal(getattr(a, field), getattr(b, field)), (p.name, field, eng.slot)
-        eng.play_round(a.task, a.node, a.alloc)
-    assert eng.finished_count == sc.arrivals.tasks
+    play_in_lockstep(sc, eager, others, 5, workload=varied_work(sc, 5))
 
 
 def test_hinted_onnx_policy_runs_without_torch(exported):

@@ -18,11 +18,9 @@ from agents.learned.checkpoint import load_checkpoint, read_payload, save_checkp
 from agents.learned.config import ModelOptions, TrainConfig
 from agents.learned.model import DECLINE_INIT, ModelConfig, TapFingerNet
 from agents.learned.policy import LearnedPolicy
-from envs.observations import build_observations
-from tapfinger.sim.engine import Engine
 from tapfinger.sim.scenario import builtin_text, load_scenario
-from tapfinger.sim.workload import make_workload
 from tests.test_learned_decline import REPO, decline_scenario
+from tests.helpers import play_in_lockstep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -120,13 +118,6 @@ def test_a_shipped_checkpoint_loads_without_the_head_and_plays_its_recorded_epis
 
 
 # --------------------------------------------------------------------------- export
-def varied_work(sc, seed: int):
-    """The seed's arrivals with slightly different work per task: no twins the runtimes could
-    score 1e-7 apart (tests/test_export.py: distinct_workload)."""
-    wl = make_workload(sc, seed)
-    return dataclasses.replace(wl, work=1.0 + 0.2 * np.random.default_rng(seed).random(wl.num_tasks))
-
-
 # The decline head's bias of the exported network: with it, greedy play of the two episodes below
 # declines about 10 of their 80 tasks (measured: 33 at -2.0, 3 at -2.8, none from -3.0).
 EXPORT_DECLINE_BIAS = -2.5
@@ -164,24 +155,7 @@ def test_exported_declining_policies_choose_the_eager_actions(exported):
     eager = LearnedPolicy(sc, checkpoint=str(exported["checkpoint"]))
     others = [ExportedPolicy(sc, path=exported[fmt], kind=fmt) for fmt in ("onnx", "pt2")]
     assert all(p.planner.decline for p in others)
-    declined = 0
-    for seed in (5, 6):
-        eng = Engine(sc, strict=True)
-        eng.reset(seed, workload=varied_work(sc, seed))
-        for p in (eager, *others):
-            p.reset(seed)
-        while not eng.done:
-            obs = build_observations(eng)
-            a = eager.act(obs)
-            for p in others:
-                b = p.act(obs)
-                for field in ("task", "node", "alloc"):
-                    assert np.array_equal(getattr(a, field), getattr(b, field)), (p.name, field, eng.slot)
-                assert (a.decline is None) == (b.decline is None) and (
-                    a.decline is None or np.array_equal(a.decline, b.decline)), (p.name, eng.slot)
-            a.play(eng)
-        declined += eng.declined_count
-        assert eng.finished_count + eng.declined_count == sc.arrivals.tasks
+    declined = sum(play_in_lockstep(sc, eager, others, seed).declined_count for seed in (5, 6))
     assert 0 < declined < sc.arrivals.tasks  # greedy play declined some of the 2 x 40 tasks, not most
 
 

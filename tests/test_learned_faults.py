@@ -28,7 +28,7 @@ from tapfinger.sim.engine import Engine
 from tapfinger.sim.faults import FaultTimeline
 from tapfinger.sim.scenario import Faults, builtin_text, load_scenario
 from tapfinger.sim.tables import static_tables
-from tapfinger.sim.workload import make_workload
+from tests.helpers import play_in_lockstep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 REPO = Path(__file__).resolve().parent.parent
@@ -211,21 +211,7 @@ def test_exported_node_faults_policies_choose_the_eager_actions(exported):
     eager = LearnedPolicy(sc, checkpoint=str(exported["checkpoint"]))
     others = [ExportedPolicy(sc, path=exported[fmt], kind=fmt) for fmt in ("onnx", "pt2")]
     assert all(p.planner.node_faults for p in others)
-    seed = 4
-    wl = make_workload(sc, seed)  # slightly different work per task: no twins scored 1e-7 apart
-    wl = dataclasses.replace(wl, work=1.0 + 0.2 * np.random.default_rng(seed).random(wl.num_tasks))
-    eng = Engine(sc, strict=True)
-    eng.reset(seed, workload=wl)
-    for p in (eager, *others):
-        p.reset(seed)
-    while not eng.done:
-        obs = build_observations(eng)
-        a = eager.act(obs)
-        for p in others:
-            b = p.act(obs)
-            for field in ("task", "node", "alloc"):
-                assert np.array_equal(getattr(a, field), getattr(b, field)), (p.name, field, eng.slot)
-        a.play(eng)
+    eng = play_in_lockstep(sc, eager, others, seed=4)
     assert eng.fault_log  # the episode met faults
     # and on a scenario without faults (the same fingerprint), the program runs with columns of 1s
     plain = short("edge-default", tasks=20)
