@@ -325,6 +325,8 @@ def load_scenario(name_or_path: str | Path, resolve_files: bool = True) -> Scena
     spec = str(name_or_path)
     if spec in builtin_names():
         text, source, base_dir = builtin_text(spec), f"<built-in {spec}>", None
+    elif spec in _geo_builtin_names():
+        raise _geo_refusal(spec)
     else:
         path = Path(spec)
         if path.is_dir():
@@ -339,4 +341,18 @@ def load_scenario(name_or_path: str | Path, resolve_files: bool = True) -> Scena
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"scenario {source}: not valid TOML ({exc}). Fix: correct the syntax.") from None
+    if data.get("family") == "geo":
+        raise _geo_refusal(source)
     return parse_scenario(data, source, base_dir, resolve_files=resolve_files)
+
+
+def _geo_builtin_names() -> list[str]:
+    folder = resources.files("tapfinger").joinpath("scenarios", "geo")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _geo_refusal(source: str) -> ScenarioError:
+    """A geo scenario (issue 16) is another model: distributed jobs over sites, not tasks on clusters."""
+    return ScenarioError(f"scenario {source} is a geo-distributed scenario (family = \"geo\"): this command "
+                         f"runs edge-cluster scenarios only. Fix: run it with `tapfinger evaluate --scenario "
+                         f"{source}` or load it with tapfinger.sim.geo.scenario.load_geo_scenario")

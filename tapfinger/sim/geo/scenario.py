@@ -16,9 +16,8 @@ import numpy as np
 
 from tapfinger.sim.geo.model import (GEO_RESOURCES, LATENCY_KINDS, GeoJob, GeoScenario, GeoSites, JobRanges,
                                      LatencyCost)
-from tapfinger.sim.scenario import ScenarioError
+from tapfinger.sim.scenario import ScenarioError, _geo_builtin_names, _read_toml_text
 from tapfinger.sim.scenario_toml import _Reader
-from tapfinger.sim.textfile import read_text
 
 TOP_KEYS = {"name", "description", "family", "resources", "max_slots", "max_workers_per_site", "window",
             "sites", "jobs"}
@@ -37,8 +36,7 @@ JOB_STREAM = 0x6E0
 
 
 def geo_builtin_names() -> list[str]:
-    folder = resources.files("tapfinger").joinpath("scenarios", "geo")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return _geo_builtin_names()
 
 
 def geo_builtin_text(name: str) -> str:
@@ -54,7 +52,7 @@ def is_geo_scenario(name_or_path: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        return tomllib.loads(read_text(path, "scenario")).get("family") == "geo"
+        return tomllib.loads(_read_toml_text(path)).get("family") == "geo"
     except (tomllib.TOMLDecodeError, ValueError):
         return False  # the ordinary loader reports the file's problem
 
@@ -68,7 +66,7 @@ def load_geo_scenario(name_or_path: str | Path) -> GeoScenario:
         if not path.is_file():
             raise ScenarioError(f"geo scenario {spec!r} not found: give one of {', '.join(geo_builtin_names())} "
                                 f"or the path of a TOML file with family = \"geo\"")
-        text, source = read_text(path, "scenario"), str(path)
+        text, source = _read_toml_text(path), str(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -114,7 +112,7 @@ def _vector(rd: _Reader, table: dict, key: str, path: str, size: int, default=..
     if len(value) != size or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low
                                      for v in value):
         raise rd.fail(f"{path}.{key}", f"must be {size} numbers >= {low} (one per resource), got {value!r}",
-                      f"give one value per resource, in the order of `resources`")
+                      "give one value per resource, in the order of `resources`")
     return tuple(value)
 
 
