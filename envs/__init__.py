@@ -16,9 +16,12 @@ from pettingzoo.env_registry.exceptions import FailedToImport, PettingZooRegistr
 from pettingzoo.utils.conversions import parallel_to_aec
 
 from envs.edge_cluster import ENV_ID, EdgeClusterEnv
+from envs.geo_env import GEO_ENV_ID, GeoSitesEnv
 
-# PettingZoo's module convention: `parallel_env()` and `env()` (the AEC view of the same env).
-ENTRY_POINTS = {"parallel": "envs:parallel_env", "aec": "envs:env"}
+# PettingZoo's module convention: `parallel_env()` and `env()` (the AEC view of the same env), per id.
+# The geo id (issue 16) is the same class's geo form: EdgeClusterEnv("geo-6") is a GeoSitesEnv too.
+ENTRY_POINTS = {ENV_ID: {"parallel": "envs:parallel_env", "aec": "envs:env"},
+                GEO_ENV_ID: {"parallel": "envs.geo_env:parallel_env", "aec": "envs.geo_env:env"}}
 
 
 def parallel_env(scenario: Any = "edge-default", **kwargs: Any) -> EdgeClusterEnv:
@@ -34,11 +37,12 @@ def env(scenario: Any = "edge-default", **kwargs: Any) -> pettingzoo.AECEnv:
 def _register() -> None:
     # Importing twice (a reload) finds the same entry points registered and registers nothing, so
     # PettingZoo's "Overriding environment" warning is kept for real overrides.
-    for kind, entry_point in ENTRY_POINTS.items():
-        registry = pettingzoo.aec_registry if kind == "aec" else pettingzoo.parallel_registry
-        spec = registry.get(ENV_ID)
-        if spec is None or spec.entry_point != entry_point:
-            pettingzoo.register(kind, ENV_ID, entry_point=entry_point)
+    for env_id, points in ENTRY_POINTS.items():
+        for kind, entry_point in points.items():
+            registry = pettingzoo.aec_registry if kind == "aec" else pettingzoo.parallel_registry
+            spec = registry.get(env_id)
+            if spec is None or spec.entry_point != entry_point:
+                pettingzoo.register(kind, env_id, entry_point=entry_point)
 
 
 def make(env_id: str = ENV_ID, **kwargs: Any) -> pettingzoo.ParallelEnv:
@@ -48,10 +52,10 @@ def make(env_id: str = ENV_ID, **kwargs: Any) -> pettingzoo.ParallelEnv:
     except FailedToImport:
         raise  # a registered id whose module failed to import: not an unknown id
     except PettingZooRegistryError as exc:  # not found, or malformed
-        raise ValueError(f"unknown environment id {env_id!r} ({type(exc).__name__}). Fix: use {ENV_ID!r}, the "
-                         f"environment this package registers") from None
+        raise ValueError(f"unknown environment id {env_id!r} ({type(exc).__name__}). Fix: use {ENV_ID!r} or "
+                         f"{GEO_ENV_ID!r}, the environments this package registers") from None
 
 
 _register()
 
-__all__ = ["ENV_ID", "EdgeClusterEnv", "env", "make", "parallel_env"]
+__all__ = ["ENV_ID", "GEO_ENV_ID", "EdgeClusterEnv", "GeoSitesEnv", "env", "make", "parallel_env"]

@@ -1,5 +1,8 @@
 """PettingZoo ParallelEnv of edge clusters: one agent per cluster, one `step()` per round.
 
+A geo scenario (issue 16) gives `envs.geo_env.GeoSitesEnv` instead, a subclass with its own
+agent, observation and action (see that module).
+
 Action of an agent (a `Dict`, or a plain int array `[task, node, *alloc]`):
 
 * `task`  — 0 = do nothing, i = start the task in window place i-1;
@@ -32,6 +35,7 @@ and finished (termination), or at the scenario's `max_slots` (truncation).
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import numpy as np
@@ -41,6 +45,8 @@ from pettingzoo import ParallelEnv
 from envs.actions import EnvActionReader
 from envs.observations import build_observations, observation_space, split_observations
 from tapfinger.sim.engine import RUNNING, WAITING, Engine, InvalidActionError
+from tapfinger.sim.geo.model import GeoScenario
+from tapfinger.sim.geo.scenario import is_geo_scenario
 from tapfinger.sim.scenario import Scenario, load_scenario
 
 ENV_ID = "tapfinger/edge-cluster-v0"
@@ -48,6 +54,16 @@ ENV_ID = "tapfinger/edge-cluster-v0"
 
 class EdgeClusterEnv(ParallelEnv):
     metadata = {"name": "edge_cluster_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+
+    def __new__(cls, scenario: Any = "edge-default", *args: Any, **kwargs: Any):
+        # A geo scenario (issue 16: a built-in name, a TOML path with family = "geo", a GeoScenario)
+        # gets the geo env, a subclass, so this one entry point serves both families. Unpickling
+        # calls __new__ without arguments: the default is no geo scenario.
+        if cls is EdgeClusterEnv and _is_geo(scenario):
+            from envs.geo_env import GeoSitesEnv  # lazily: envs.geo_env imports this module
+
+            return super().__new__(GeoSitesEnv)
+        return super().__new__(cls)
 
     def __init__(self, scenario: str | Scenario = "edge-default", strict: bool = False,
                  render_mode: str | None = None):
@@ -163,6 +179,12 @@ class EdgeClusterEnv(ParallelEnv):
         e = self.engine
         return {a: {"slot": e.slot, "slot_ended": slot_ended, "invalid_actions": int(e.invalid_actions[i]),
                     "conflicts": int(e.conflicts[i])} for i, a in enumerate(self.agents)}
+
+
+def _is_geo(scenario: Any) -> bool:
+    if isinstance(scenario, GeoScenario):
+        return True
+    return isinstance(scenario, (str, os.PathLike)) and is_geo_scenario(scenario)
 
 
 def render_ansi(engine: Engine) -> str:

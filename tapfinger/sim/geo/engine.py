@@ -25,6 +25,11 @@ from tapfinger.sim.geo.scenario import draw_jobs
 NO_SITE = -1
 
 
+def _is_int(value) -> bool:
+    """An integer, and not a bool (True would read as site 1) nor a float (1.5 would index)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 class GeoActionError(ValueError):
     """A decision that breaks the rules (a capacity, a missing PS, a move of absent blocks...)."""
 
@@ -112,8 +117,8 @@ class GeoEngine:
                 return f"job {i}: workers must be {self.R} integers >= 0, got {workers!r}"
             if np.any(w > self.scenario.max_workers_per_site):
                 return f"job {i}: at most {self.scenario.max_workers_per_site} workers per site"
-            if not (ps == NO_SITE or 0 <= ps < self.R):
-                return f"job {i}: PS site {ps} is outside 0..{self.R - 1}"
+            if not _is_int(ps) or not (ps == NO_SITE or 0 <= ps < self.R):
+                return f"job {i}: PS site {ps!r} must be an integer in 0..{self.R - 1} (or {NO_SITE}: no PS)"
             if ps == NO_SITE and w.sum() > 0:
                 return f"job {i}: workers need a parameter server; give it a PS site"
         over = np.argwhere(self.usage(decision.placements) > self.capacity)
@@ -126,7 +131,7 @@ class GeoEngine:
         out = np.zeros((self.J, self.R), dtype=np.int64)
         link = np.zeros((self.R, self.R))
         for m in moves:
-            if len(m) != 4 or not all(isinstance(v, (int, np.integer)) for v in m):
+            if len(m) != 4 or not all(_is_int(v) for v in m):
                 return f"move {m!r} must be 4 integers (job, from site, to site, blocks)"
             i, src, dst, n = (int(v) for v in m)
             if i not in pending:

@@ -84,7 +84,7 @@ def parse_geo_scenario(data: dict, source: str) -> GeoScenario:
     if not res or not all(isinstance(r, str) for r in res) or len(set(res)) != len(res):
         raise rd.fail("resources", f"must be a list of distinct names, got {list(res)!r}", 'write e.g. ["gpu", "cpu"]')
     sites = _sites(rd, rd.get(data, "sites", "", dict), res)
-    jobs = _jobs(rd, rd.get(data, "jobs", "", dict), res, sites)
+    jobs = _jobs(rd, rd.get(data, "jobs", "", dict), res, sites, "link_mb" in data["sites"])
     max_slots = rd.integer(data, "max_slots", "", 1000, low=1, high=10_000_000)
     if max_slots < jobs.arrival_slots:
         raise rd.fail("max_slots", f"is {max_slots}, below jobs.arrival_slots {jobs.arrival_slots}",
@@ -155,7 +155,8 @@ def _sites(rd: _Reader, table: dict, res: tuple[str, ...]) -> GeoSites:
                     link_mb=tuple(tuple(float(v) for v in row) for row in link))
 
 
-def _jobs(rd: _Reader, table: dict, res: tuple[str, ...], sites: GeoSites) -> JobRanges:
+def _jobs(rd: _Reader, table: dict, res: tuple[str, ...], sites: GeoSites,
+          sites_table_has_links: bool = False) -> JobRanges:
     rd.unknown_keys(table, "jobs", JOB_KEYS | {f"latency_{p}" for ps in LATENCY_PARAMS.values() for p in ps})
     K, R = len(res), sites.count
     kind = rd.choice(table, "latency", "jobs", LATENCY_KINDS, "sigmoid")
@@ -186,7 +187,7 @@ def _jobs(rd: _Reader, table: dict, res: tuple[str, ...], sites: GeoSites) -> Jo
     link = np.asarray(sites.link_mb)
     off = ~np.eye(R, dtype=bool)
     if np.any((link[off] > 0) & (link[off] < jr.block_mb[1])):
-        raise rd.fail("sites.link_mb_per_slot", f"a link carries {link[off][link[off] > 0].min():g} MB per slot, less "
+        raise rd.fail("sites.link_mb" if sites_table_has_links else "sites.link_mb_per_slot", f"a link carries {link[off][link[off] > 0].min():g} MB per slot, less "
                       f"than a block of up to {jr.block_mb[1]:g} MB", "let every link carry at least one block "
                       "per slot (or 0 = unlimited)")
     need = np.asarray(jr.worker_high) + np.asarray(jr.ps_high)
