@@ -1,0 +1,63 @@
+"""Geo policies by name (issue 16). Each entry is imported lazily, only when its name is asked for,
+so that running the heuristics never imports torch.
+
+The hook for other schedulers is `GEO_FACTORIES`: name -> "module:attribute" (a class or any
+callable that takes the options as keywords and returns a `GeoPolicy`), or the callable itself.
+The learned policy is meant to be one more string entry, e.g.
+`"tapfinger-geo": "agents.geo.learned.policy:GeoLearnedPolicy"`, added here (a string costs no
+import) or at run time with `register_geo_policy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+
+from agents.geo.base import GeoPolicy
+
+# The heuristics, in the order of the comparison tables.
+GEO_POLICY_NAMES = ("okita", "okita-np", "oasis", "drf", "fifo")
+
+GEO_FACTORIES: dict[str, str | Callable[..., GeoPolicy]] = {
+    "okita": "agents.geo.okita:OkitaPolicy",
+    "okita-np": "agents.geo.okita:OkitaNPPolicy",
+    "oasis": "agents.geo.oasis:OasisPolicy",
+    "drf": "agents.geo.simple:DrfPolicy",
+    "fifo": "agents.geo.simple:FifoPolicy",
+}
+
+
+def geo_policy_names() -> list[str]:
+    """Every registered name: the heuristics in table order, then whatever was registered after."""
+    return list(GEO_FACTORIES)
+
+
+def register_geo_policy(name: str, factory: str | Callable[..., GeoPolicy]) -> None:
+    """Add (or replace) a name: `factory` is "module:attribute" (imported when first used) or a callable."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a geo policy name must be a non-empty string, got {name!r}")
+    if isinstance(factory, str) and factory.count(":") != 1:
+        raise ValueError(f"geo policy {name!r}: factory {factory!r} must be written \"module:attribute\"")
+    GEO_FACTORIES[name] = factory
+
+
+def _resolve(name: str) -> Callable[..., GeoPolicy]:
+    if name not in GEO_FACTORIES:
+        raise ValueError(f"unknown geo policy {name!r}. Fix: use one of {', '.join(GEO_FACTORIES)}")
+    entry = GEO_FACTORIES[name]
+    if not isinstance(entry, str):
+        return entry
+    module, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def make_geo_policy(name: str, **options) -> GeoPolicy:
+    """A fresh policy of `name`, built with `options` (its constructor's keywords)."""
+    factory = _resolve(name)
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:
+        raise ValueError(f"geo policy {name!r} does not take the options {sorted(options)} ({exc}). Fix: "
+                         f"pass only the keywords its constructor takes (docs/geo-policies.md)") from None
+    return factory(**options)
