@@ -8,6 +8,7 @@ import pytest
 
 from tapfinger.cli.main import main
 from tapfinger.sim.progress import ProfileError, read_profile
+from tapfinger.sim.geo.scenario import geo_builtin_names
 from tapfinger.sim.scenario import ScenarioError, builtin_names, load_scenario
 from tests.helpers import TINY_SCENARIO, needs_shared_data, require_shared_data, scenario_params
 
@@ -67,7 +68,9 @@ def test_show_round_trips_through_a_file(tmp_path, capsys):
 def test_scenarios_command_lists_one_line_each(capsys):
     assert main(["scenarios"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(builtin_names())
+    # the edge built-ins, then the geo ones (issue 16), one line each
+    assert len(lines) == len(builtin_names()) + len(geo_builtin_names())
+    assert [ln.split()[0] for ln in lines] == builtin_names() + geo_builtin_names()
 
 
 BAD = [

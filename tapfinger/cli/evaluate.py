@@ -9,6 +9,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from tapfinger.sim.geo.scenario import is_geo_scenario, load_geo_scenario
 from tapfinger.sim.scenario import load_scenario
 
 
@@ -17,8 +18,8 @@ def add_common(p: argparse.ArgumentParser, default_policies: str, default_seeds:
     p.add_argument("--policies", default=default_policies,
                    help="comma-separated policy names (default: auto = tapfinger when a checkpoint ships for the "
                         "scenario, greedy, optimus, tiresias, sjf, fifo, drf, min, random, and on a scenario with "
-                        "deadlines, declines or a cloud tier also edgeflow, elasticflow-edge, elasticflow, edf); "
-                        "see --list-policies")
+                        "deadlines, declines or a cloud tier also edgeflow, elasticflow-edge, elasticflow, edf; on a "
+                        "geo scenario every geo policy); see --list-policies (with --scenario geo-6: the geo ones)")
     p.add_argument("--seeds", type=int, default=default_seeds, help=f"number of seeds (default: {default_seeds})")
     p.add_argument("--seed-start", type=int, default=1000,
                    help="first seed (default: 1000; training uses seeds below 1000)")
@@ -45,7 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "processes. Prints avg JCT mean and 95% CI, p50/p95/p99 JCT, makespan, "
                                    "utilisation, decisions/s and each policy's paired difference from the best "
                                    "heuristic (and, for a scenario with deadlines, the deadline satisfaction "
-                                   "ratio, declined tasks and lateness; for one with faults, work lost and restarts); writes OUT/results.json and PNG plots. Finished episodes are "
+                                   "ratio, declined tasks and lateness; for one with faults, work lost and "
+                                   "restarts; for a geo scenario, family = \"geo\", the total cost, its latency, "
+                                   "transfer and exchange parts, MB moved and JCT); writes OUT/results.json and "
+                                   "PNG plots. Finished episodes are "
                                    "kept in OUT/episodes.partial.jsonl until the evaluation completes, so "
                                    "after Ctrl-C the same command resumes where it stopped.")
     add_common(p, "auto", 30)
@@ -134,6 +138,8 @@ def _one_line_warnings(command: str):
 
 
 def evaluate_and_report(args: argparse.Namespace, out: Path) -> dict:
+    if is_geo_scenario(args.scenario):  # issue 16: another model, its own harness
+        return evaluate_geo_and_report(args, out)
     from agents.registry import policy_options
     from tapfinger.evaluation.episode_cache import CACHE_NAME, EpisodeCache
     from tapfinger.evaluation.harness import EvalConfig, run_evaluation
@@ -183,7 +189,50 @@ def _report(args: argparse.Namespace, out: Path, results: dict) -> None:
             print(f"wrote {p}")
 
 
+def check_geo_flags(args: argparse.Namespace) -> None:
+    """The flags of the edge evaluation that a geo one has no use for are refused, by name."""
+    if args.checkpoint is not None:
+        raise ValueError(f"--checkpoint {args.checkpoint} is for the edge `tapfinger` policy, and {args.scenario} is "
+                         f"a geo scenario, whose policies take no --checkpoint. Fix: drop --checkpoint")
+    if args.backend != "local" or args.ray_address:
+        flag = "--ray-address" if args.ray_address else "--backend ray"
+        raise ValueError(f"{flag}: a geo scenario ({args.scenario}) is evaluated in local worker processes only. "
+                         f"Fix: drop --backend and --ray-address (--workers sets the processes)")
+
+
+def evaluate_geo_and_report(args: argparse.Namespace, out: Path) -> dict:
+    """`evaluate_and_report` for a geo scenario: tapfinger.evaluation.geo_harness, its table and plots."""
+    from tapfinger.evaluation.episode_cache import CACHE_NAME
+    from tapfinger.evaluation.geo_harness import (check_geo_policies, default_geo_policies, evaluate_geo,
+                                                  format_geo_table)
+    from tapfinger.evaluation.geo_plots import GEO_PLOT_FILES, write_geo_plots
+
+    check_geo_flags(args)
+    check_flags(args)
+    names = default_geo_policies() if args.policies == "auto" else policy_list(args.policies)
+    if not names:
+        raise ValueError("no geo policy is registered (agents/geo/registry.py is missing). Fix: install the "
+                         "complete package")
+    check_geo_policies(names)
+    scenario = load_geo_scenario(args.scenario)
+    check_output_dir(out, ["results.json", CACHE_NAME, *([] if args.no_plots else GEO_PLOT_FILES)])
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(getattr(args, "command", None) or "evaluate")
+        results = evaluate_geo(scenario, names, seeds, workers=args.workers, out=out, progress=not args.quiet)
+    print(format_geo_table(results))
+    print(f"\nwrote {out / 'results.json'}")
+    for p in [] if args.no_plots else write_geo_plots(results, out):
+        print(f"wrote {p}")
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.list_policies and is_geo_scenario(args.scenario):
+        from tapfinger.evaluation.geo_harness import geo_policy_names
+
+        print("\n".join(geo_policy_names()))
+        return 0
     if args.list_policies:
         from agents.registry import policy_names
 
