@@ -132,8 +132,11 @@ class EpisodeCache:
 
     def append(self, key: str, name: str, metrics: EpisodeMetrics, bound: float) -> None:
         """Add one finished episode, as one write to the end of the file."""
-        record = {"key": key, "policy": name, "seed": int(metrics.seed), "bound": bound,
-                  "metrics": _encode(metrics)}
+        self.write_record({"key": key, "policy": name, "seed": int(metrics.seed), "bound": bound,
+                           "metrics": _encode(metrics)})
+
+    def write_record(self, record: dict) -> None:
+        """One JSON record as one write to the end of the file (the geo harness stores its own kind)."""
         data = memoryview((self._prefix() + json.dumps(record) + "\n").encode("utf-8"))
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

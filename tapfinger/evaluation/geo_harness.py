@@ -37,8 +37,6 @@ import datetime as _dt
 import hashlib
 import importlib
 import json
-import multiprocessing as mp
-import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +48,7 @@ from tqdm import tqdm
 from envs.geo_episode import GeoEpisodeResult, run_geo_episode
 from tapfinger import __version__
 from tapfinger.evaluation.episode_cache import CACHE_NAME, EpisodeCache
-from tapfinger.evaluation.harness import _init_worker, _sigint_ignored, _threads, write_results
+from tapfinger.evaluation.harness import _run_jobs, _threads, write_results
 from tapfinger.evaluation.metrics import summary
 from tapfinger.sim.geo.model import GeoScenario
 from tapfinger.sim.geo.scenario import load_geo_scenario
@@ -137,33 +135,6 @@ def _run_geo_job(job: tuple) -> tuple[tuple[str, GeoEpisodeResult, bool], list]:
     return (name, result, bool(getattr(policy, "learned", False))), [(w.category, str(w.message)) for w in said]
 
 
-def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
-    i, job = item
-    return i, _run_geo_job(job)
-
-
-def _run_geo_jobs(jobs: list[tuple], workers: int, on_result) -> None:
-    """harness._run_jobs for geo episodes: at most `workers` forked processes, `on_result(index,
-    result, warnings)` in the main process as each finishes; on Ctrl-C the workers are terminated
-    and KeyboardInterrupt propagates."""
-    workers = min(workers, len(jobs))
-    if workers > 1:
-        with _sigint_ignored():
-            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
-        try:
-            for i, (out, said) in pool.imap_unordered(_indexed, list(enumerate(jobs))):
-                on_result(i, out, said)
-        finally:
-            pool.terminate()
-            pool.join()
-        return
-    try:  # in-process: the caller's torch thread count restored afterwards
-        for i, job in enumerate(jobs):
-            on_result(i, *_run_geo_job(job))
-    finally:
-        _threads.restore()
-
-
 # ---------------------------------------------------------------------------- the cache
 def scenario_digest(scenario: GeoScenario) -> str:
     return hashlib.sha256(repr(scenario).encode()).hexdigest()
@@ -193,13 +164,7 @@ class GeoEpisodeCache(EpisodeCache):
     def append_geo(self, key: str, name: str, result: GeoEpisodeResult, learned: bool) -> None:
         record = {"key": key, "policy": name, "seed": int(result.seed), "learned": learned,
                   "geo": dataclasses.asdict(result)}
-        data = memoryview((self._prefix() + json.dumps(record) + "\n").encode("utf-8"))
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            while data:  # one write for a regular file; the loop is for the exception
-                data = data[os.write(fd, data):]
-        finally:
-            os.close(fd)
+        self.write_record(record)
 
 
 # ---------------------------------------------------------------------------- the evaluation
@@ -261,7 +226,7 @@ def _play(jobs, todo, keys, cache, workers, progress, label, episodes, learned, 
         bar.update()
 
     try:
-        _run_geo_jobs([jobs[i] for i in todo], workers, on_result)
+        _run_jobs([jobs[i] for i in todo], workers, on_result, run_one=_run_geo_job)
     except KeyboardInterrupt:
         bar.close()
         if cache is None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -185,16 +186,19 @@ def _run_job_caught(job: tuple) -> tuple[tuple[str, EpisodeMetrics, float], list
     return out, [(w.category, str(w.message)) for w in said]
 
 
-def _run_jobs(jobs: list[tuple], workers: int, on_result) -> None:
+def _run_jobs(jobs: list[tuple], workers: int, on_result, run_one=None) -> None:
     """Run `jobs` in at most `workers` processes (never more than there are jobs), calling
     `on_result(index, result, warnings)` in the main process as each finishes. On Ctrl-C the
-    workers are terminated (never left running) and KeyboardInterrupt propagates."""
+    workers are terminated (never left running) and KeyboardInterrupt propagates. `run_one(job)`
+    plays one job and returns (result, warnings): the edge episode by default; the geo harness
+    passes its own (a module-level function, so that the pool can send it)."""
+    run_one = run_one or _run_job_caught
     workers = min(workers, len(jobs))
     if workers > 1:
         with _sigint_ignored():
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
         try:
-            for i, (out, said) in pool.imap_unordered(_indexed, list(enumerate(jobs))):
+            for i, (out, said) in pool.imap_unordered(functools.partial(_indexed, run_one), list(enumerate(jobs))):
                 on_result(i, out, said)
         finally:
             pool.terminate()
@@ -202,14 +206,14 @@ def _run_jobs(jobs: list[tuple], workers: int, on_result) -> None:
         return
     try:  # in-process: the caller's environment is left alone, its torch thread count restored
         for i, job in enumerate(jobs):
-            on_result(i, *_run_job_caught(job))
+            on_result(i, *run_one(job))
     finally:
         _threads.restore()
 
 
-def _indexed(item: tuple[int, tuple]) -> tuple[int, tuple]:
+def _indexed(run_one, item: tuple[int, tuple]) -> tuple[int, tuple]:
     i, job = item
-    return i, _run_job_caught(job)
+    return i, run_one(job)
 
 
 def run_evaluation(cfg: EvalConfig) -> dict:
