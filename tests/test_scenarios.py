@@ -163,3 +163,14 @@ def test_profile_missing_cell_is_named(tmp_path):
     from tapfinger.sim.engine import Engine
     with pytest.raises(ProfileError, match="no measurement for task 'mnist' with 1 CPUs and 2 GPUs"):
         Engine(sc)
+
+
+def test_edge_loader_refuses_a_geo_scenario_naming_the_command_that_runs_it(tmp_path):
+    # issue 16: a geo scenario is another model; the edge commands must say so, not fail on `family`
+    from tapfinger.sim.geo.scenario import geo_builtin_text
+
+    path = tmp_path / "mine.toml"
+    path.write_text(geo_builtin_text("geo-6"), encoding="utf-8")
+    for spec in ("geo-6", str(path)):
+        with pytest.raises(ScenarioError, match=r"geo-distributed scenario .*tapfinger evaluate --scenario"):
+            load_scenario(spec)
