@@ -221,7 +221,7 @@ def test_cli_evaluate_geo_writes_results_and_plots(tmp_path, capsys):
     printed = capsys.readouterr().out
     data = json.loads((out / "results.json").read_text())
     assert data["family"] == "geo" and data["seeds"] == [1000, 1001]
-    default = geo_harness.default_geo_policies()
+    default = geo_harness.default_geo_policies("geo-6")
     assert default[:len(GEO_POLICY_NAMES)] == list(GEO_POLICY_NAMES)  # every registered heuristic, first
     assert list(data["policies"]) == default
     assert all(f"| {n}" in printed for n in default) and "| policy | total cost" in printed
@@ -247,7 +247,8 @@ def test_cli_geo_policies_and_a_toml_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, said", [
     (["--policies", "nonsense"], "unknown geo policy 'nonsense'"),
-    (["--checkpoint", "x.pt"], "--checkpoint x.pt is for the edge `tapfinger` policy"),
+    (["--policies", "okita,fifo", "--checkpoint", "x.pt"], "--checkpoint x.pt: none of the geo policies"),
+    (["--policies", "tapfinger-geo", "--checkpoint", "x.pt"], "x.pt"),
     (["--backend", "ray"], "--backend ray: a geo scenario"),
     (["--ray-address", "auto"], "--ray-address: a geo scenario"),
     (["--seeds", "0"], "--seeds 0"),
@@ -317,3 +318,30 @@ def test_scaling_script_json_plots_and_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(geo_harness, "run_geo_episode", lambda *a, **k: pytest.fail("an episode ran again"))
     assert script.main(argv) == 0
     assert json.loads((tmp_path / "geo_scaling.json").read_text())["sweeps"] == summary["sweeps"]
+
+
+def test_default_geo_policies_include_the_learned_one_only_where_it_has_a_checkpoint(tmp_path):
+    # geo-6 ships checkpoints/geo-6.pt; geo-50 has none, so a bare evaluation of it runs the heuristics
+    from agents.geo.registry import GEO_POLICY_NAMES, shipped_geo_checkpoint
+
+    assert shipped_geo_checkpoint("geo-6").is_file() and not shipped_geo_checkpoint("geo-50").is_file()
+    assert geo_harness.default_geo_policies("geo-6") == [*GEO_POLICY_NAMES, "tapfinger-geo"]
+    assert geo_harness.default_geo_policies("geo-50") == list(GEO_POLICY_NAMES)
+    assert geo_harness.default_geo_policies("geo-50", checkpoint=tmp_path / "c.pt")[-1] == "tapfinger-geo"
+
+
+def test_cli_checkpoint_reaches_the_learned_geo_policy(tmp_path):
+    import shutil
+
+    from agents.geo.registry import shipped_geo_checkpoint
+
+    copy = tmp_path / "mine.pt"
+    shutil.copy(shipped_geo_checkpoint("geo-6"), copy)
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--scenario", "geo-6", "--policies", "tapfinger-geo,fifo", "--checkpoint", str(copy),
+                 "--seeds", "1", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert list(data["policies"]) == ["tapfinger-geo", "fifo"] and data["policies"]["tapfinger-geo"]["learned"]
+    assert geo_harness.made_by(None) is None
+    key = geo_harness.made_by(__import__("functools").partial(len, "a", b=1))
+    assert key == "builtins.len('a',)[('b', 1)]"  # stable across processes: no object address in it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 
 from agents.geo.base import GeoPolicy
 
@@ -25,7 +26,19 @@ GEO_FACTORIES: dict[str, str | Callable[..., GeoPolicy]] = {
     "oasis": "agents.geo.oasis:OasisPolicy",
     "drf": "agents.geo.simple:DrfPolicy",
     "fifo": "agents.geo.simple:FifoPolicy",
+    # the learned geo scheduler (torch): checkpoints/<scenario>.pt unless given `checkpoint=`
+    "tapfinger-geo": "agents.geo.learned.policy:GeoLearnedPolicy",
 }
+
+
+# The learned geo policies: they read a checkpoint, `checkpoints/<scenario name>.pt` when shipped.
+LEARNED_GEO_POLICIES = ("tapfinger-geo",)
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+def shipped_geo_checkpoint(scenario_name: str) -> Path:
+    """Where the shipped checkpoint of a geo scenario is (it may not exist: e.g. geo-50 has none)."""
+    return SHIPPED_CHECKPOINTS / f"{scenario_name}.pt"
 
 
 def geo_policy_names() -> list[str]:

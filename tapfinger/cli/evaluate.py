@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -191,13 +192,24 @@ def _report(args: argparse.Namespace, out: Path, results: dict) -> None:
 
 def check_geo_flags(args: argparse.Namespace) -> None:
     """The flags of the edge evaluation that a geo one has no use for are refused, by name."""
-    if args.checkpoint is not None:
-        raise ValueError(f"--checkpoint {args.checkpoint} is for the edge `tapfinger` policy, and {args.scenario} is "
-                         f"a geo scenario, whose policies take no --checkpoint. Fix: drop --checkpoint")
     if args.backend != "local" or args.ray_address:
         flag = "--ray-address" if args.ray_address else "--backend ray"
         raise ValueError(f"{flag}: a geo scenario ({args.scenario}) is evaluated in local worker processes only. "
                          f"Fix: drop --backend and --ray-address (--workers sets the processes)")
+
+
+def geo_policy_spec(names: list[str], checkpoint: str | None):
+    """The names, with `--checkpoint` given to the learned geo policy (a factory the harness calls)."""
+    if checkpoint is None:
+        return names
+    from agents.geo.registry import LEARNED_GEO_POLICIES, make_geo_policy
+
+    learned = [n for n in names if n in LEARNED_GEO_POLICIES]
+    if not learned:
+        raise ValueError(f"--checkpoint {checkpoint}: none of the geo policies {names} reads a checkpoint. Fix: "
+                         f"add {LEARNED_GEO_POLICIES[0]} to --policies, or drop --checkpoint")
+    return {n: (functools.partial(make_geo_policy, n, checkpoint=checkpoint) if n in learned else None)
+            for n in names}
 
 
 def evaluate_geo_and_report(args: argparse.Namespace, out: Path) -> dict:
@@ -209,7 +221,8 @@ def evaluate_geo_and_report(args: argparse.Namespace, out: Path) -> dict:
 
     check_geo_flags(args)
     check_flags(args)
-    names = default_geo_policies() if args.policies == "auto" else policy_list(args.policies)
+    names = (default_geo_policies(load_geo_scenario(args.scenario).name, args.checkpoint) if args.policies == "auto"
+             else policy_list(args.policies))
     if not names:
         raise ValueError("no geo policy is registered (agents/geo/registry.py is missing). Fix: install the "
                          "complete package")
@@ -219,7 +232,8 @@ def evaluate_geo_and_report(args: argparse.Namespace, out: Path) -> dict:
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(getattr(args, "command", None) or "evaluate")
-        results = evaluate_geo(scenario, names, seeds, workers=args.workers, out=out, progress=not args.quiet)
+        results = evaluate_geo(scenario, geo_policy_spec(names, args.checkpoint), seeds, workers=args.workers,
+                               out=out, progress=not args.quiet)
     print(format_geo_table(results))
     print(f"\nwrote {out / 'results.json'}")
     for p in [] if args.no_plots else write_geo_plots(results, out):

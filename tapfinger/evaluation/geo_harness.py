@@ -33,6 +33,7 @@ removed once results.json is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime as _dt
 import hashlib
 import importlib
@@ -77,14 +78,19 @@ def geo_policy_names() -> list[str]:
     return list(reg.geo_policy_names()) if reg is not None else []
 
 
-def default_geo_policies() -> list[str]:
+def default_geo_policies(scenario_name: str | None = None, checkpoint: str | Path | None = None) -> list[str]:
     """What `tapfinger evaluate` runs on a geo scenario: the heuristics of GEO_POLICY_NAMES in their
-    order, then any other registered geo policy (a learned one)."""
+    order, then the other registered geo policies; a learned one only where it has a checkpoint
+    (`checkpoint`, or the one shipped for `scenario_name`), so a bare evaluation of a scenario
+    without a shipped policy (geo-50) runs the heuristics rather than failing."""
     reg = _registry()
     if reg is None:
         return []
     first = list(reg.GEO_POLICY_NAMES)
-    return first + [n for n in reg.geo_policy_names() if n not in first]
+    has_checkpoint = checkpoint is not None or (
+        scenario_name is not None and reg.shipped_geo_checkpoint(scenario_name).is_file())
+    return first + [n for n in reg.geo_policy_names()
+                    if n not in first and (n not in reg.LEARNED_GEO_POLICIES or has_checkpoint)]
 
 
 def check_geo_policies(names: Sequence[str]) -> None:
@@ -113,8 +119,18 @@ def _factories(policies: PolicySpec) -> dict[str, Callable | None]:
 _geo_policy_cache: dict[tuple, object] = {}
 
 
+def made_by(factory: Callable | None) -> str | None:
+    """A stable description of a factory (None: the registry's), the same in every process and run:
+    what keys the policy cache and the episode cache (a partial is described by its arguments)."""
+    if factory is None:
+        return None
+    if isinstance(factory, functools.partial):
+        return f"{made_by(factory.func)}{factory.args!r}{sorted(factory.keywords.items())!r}"
+    return f"{factory.__module__}.{getattr(factory, '__qualname__', factory)}"
+
+
 def _cached_geo_policy(scenario: GeoScenario, name: str, factory: Callable | None):
-    key = (scenario, name, factory)
+    key = (scenario, name, made_by(factory))
     if key not in _geo_policy_cache:
         if factory is None:
             _geo_policy_cache[key] = _registry().make_geo_policy(name)
@@ -142,8 +158,7 @@ def scenario_digest(scenario: GeoScenario) -> str:
 
 def geo_job_key(scenario: GeoScenario, name: str, factory: Callable | None, seed: int) -> str:
     """What one geo episode depends on, hashed: the scenario, the policy, the seed, the version."""
-    made_by = None if factory is None else f"{factory.__module__}.{getattr(factory, '__qualname__', factory)}"
-    spec = ["geo", GEO_CACHE_FORMAT, __version__, repr(scenario), name, made_by, int(seed)]
+    spec = ["geo", GEO_CACHE_FORMAT, __version__, repr(scenario), name, made_by(factory), int(seed)]
     return hashlib.sha256(json.dumps(spec, default=str).encode()).hexdigest()
 
 

@@ -31,13 +31,12 @@ worker processes, summarised with 95% confidence intervals and paired difference
       "nulls": {"why": str, "fields": [path, ...]}   # only when a value is null, see write_results
     }
 
-A value that is not a finite number (NaN: nothing to measure, e.g. the JCT of an episode in which
-no task finished; infinity: decisions/s of an episode whose decisions took no measurable time) is
-written as null, which strict JSON parsers accept, and its path is listed under "nulls".
+A value that is not a finite number (NaN: nothing to measure, e.g. the JCT of an episode without a
+finished task; infinity: decisions/s of decisions that took no measurable time) is written as
+null, which strict JSON parsers accept, and its path is listed under "nulls".
 
-With `EvalConfig.cache` (the CLI's `OUT/episodes.partial.jsonl`, `episode_cache.py`) every
-finished episode is saved as it finishes: Ctrl-C keeps them, and the same evaluation run again
-runs only the missing ones.
+With `EvalConfig.cache` (the CLI's `OUT/episodes.partial.jsonl`, `episode_cache.py`) each episode
+is saved as it finishes: Ctrl-C keeps them, and the same evaluation run again runs only the rest.
 """
 
 from __future__ import annotations
@@ -106,9 +105,8 @@ def _run_job(job: tuple[Scenario, str, int, dict]) -> tuple[str, EpisodeMetrics,
     return name, metrics, bound
 
 
-# Policies built in this process, reused across episodes (a learned one loads its checkpoint once;
-# `reset(seed)` makes each episode independent of the previous ones). Keyed by the scenario
-# itself, not its name: two scenarios may share a name and differ in what a policy depends on.
+# Policies built in this process, reused across episodes (a checkpoint loads once; `reset(seed)` makes
+# episodes independent). Keyed by the scenario itself: two scenarios may share a name, not content.
 _policy_cache: dict[tuple, tuple[Policy, list]] = {}  # -> (policy, its construction warnings)
 
 
@@ -157,8 +155,7 @@ _threads = _TorchThreads()
 
 
 def _init_worker() -> None:
-    # A worker process: one BLAS/OpenMP thread for anything loaded from here on, and quiet on
-    # Ctrl-C and SIGTERM (agents/worker_signals.py).
+    # A worker: one BLAS/OpenMP thread from here on, quiet on Ctrl-C and SIGTERM (worker_signals.py).
     quiet_worker_signals()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -189,16 +186,15 @@ def _run_job_caught(job: tuple) -> tuple[tuple[str, EpisodeMetrics, float], list
 def _run_jobs(jobs: list[tuple], workers: int, on_result, run_one=None) -> None:
     """Run `jobs` in at most `workers` processes (never more than there are jobs), calling
     `on_result(index, result, warnings)` in the main process as each finishes. On Ctrl-C the
-    workers are terminated (never left running) and KeyboardInterrupt propagates. `run_one(job)`
-    plays one job and returns (result, warnings): the edge episode by default; the geo harness
-    passes its own (a module-level function, so that the pool can send it)."""
+    workers are terminated (never left running) and KeyboardInterrupt propagates. `run_one(job)` ->
+    (result, warnings): the edge episode by default, the geo harness's own (module-level: picklable)."""
     run_one = run_one or _run_job_caught
     workers = min(workers, len(jobs))
     if workers > 1:
         with _sigint_ignored():
             pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
         try:
-            for i, (out, said) in pool.imap_unordered(functools.partial(_indexed, run_one), list(enumerate(jobs))):
+            for i, (out, said) in pool.imap_unordered(functools.partial(_indexed, run_one), enumerate(jobs)):
                 on_result(i, out, said)
         finally:
             pool.terminate()
