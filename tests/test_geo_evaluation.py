@@ -345,3 +345,21 @@ def test_cli_checkpoint_reaches_the_learned_geo_policy(tmp_path):
     assert geo_harness.made_by(None) is None
     key = geo_harness.made_by(__import__("functools").partial(len, "a", b=1))
     assert key == "builtins.len('a',)[('b', 1)]"  # stable across processes: no object address in it
+
+
+def test_the_episode_key_of_a_learned_policy_changes_with_its_checkpoint_content(tmp_path):
+    # a retrained checkpoint at the same path must not be served from an older run's cached episodes
+    import functools
+    import shutil
+
+    from agents.geo.registry import make_geo_policy, shipped_geo_checkpoint
+
+    sc = load_geo_scenario("geo-6")
+    path = tmp_path / "c.pt"
+    shutil.copy(shipped_geo_checkpoint("geo-6"), path)
+    factory = functools.partial(make_geo_policy, "tapfinger-geo", checkpoint=str(path))
+    before = geo_harness.geo_job_key(sc, "tapfinger-geo", factory, 1000)
+    assert geo_harness.geo_job_key(sc, "tapfinger-geo", factory, 1000) == before
+    path.write_bytes(path.read_bytes() + b"\0")
+    assert geo_harness.geo_job_key(sc, "tapfinger-geo", factory, 1000) != before
+    assert geo_harness.geo_job_key(sc, "okita", None, 1000) == geo_harness.geo_job_key(sc, "okita", None, 1000)

@@ -175,6 +175,9 @@ def test_crafted_checkpoints_are_refused(tmp_path):
         load_geo_checkpoint(_saved(tmp_path, model_state=state), SC)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_geo_checkpoint(tmp_path / "missing.pt", SC)
+    for teacher in ("tapfinger-geo", "os.system"):  # built by name when the policy plays: heuristics only
+        with pytest.raises(CheckpointError, match="is not a geo heuristic"):
+            load_geo_checkpoint(_saved(tmp_path, teacher=teacher), SC)
     other = replace(SC, window=SC.window + 1)
     with pytest.raises(CheckpointError, match="window"):
         load_geo_checkpoint(tmp_path / "ok.pt", other)

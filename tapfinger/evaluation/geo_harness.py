@@ -157,9 +157,21 @@ def scenario_digest(scenario: GeoScenario) -> str:
 
 
 def geo_job_key(scenario: GeoScenario, name: str, factory: Callable | None, seed: int) -> str:
-    """What one geo episode depends on, hashed: the scenario, the policy, the seed, the version."""
-    spec = ["geo", GEO_CACHE_FORMAT, __version__, repr(scenario), name, made_by(factory), int(seed)]
+    """What one geo episode depends on, hashed: the scenario, the policy (with its checkpoint's
+    content, so a retrained file is never served from an older run's episodes), the seed, the version."""
+    spec = ["geo", GEO_CACHE_FORMAT, __version__, repr(scenario), name, made_by(factory), int(seed),
+            _checkpoint_digest(scenario, name, factory)]
     return hashlib.sha256(json.dumps(spec, default=str).encode()).hexdigest()
+
+
+def _checkpoint_digest(scenario: GeoScenario, name: str, factory: Callable | None) -> str | None:
+    """sha256 of the file a learned geo policy will load (None for the heuristics, or no file)."""
+    reg = _registry()
+    if reg is None or name not in reg.LEARNED_GEO_POLICIES:
+        return None
+    given = factory.keywords.get("checkpoint") if isinstance(factory, functools.partial) else None
+    path = Path(given) if given is not None else reg.shipped_geo_checkpoint(scenario.name)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 class GeoEpisodeCache(EpisodeCache):

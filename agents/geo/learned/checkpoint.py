@@ -81,6 +81,11 @@ def read_geo_payload(path: str | Path) -> dict:
             raise CheckpointError(f"checkpoint {path} has the {FORMAT} marker but its '{key}' is "
                                   f"{'missing' if key not in payload else type(payload[key]).__name__}, not a "
                                   f"{kind.__name__}: it was not written whole, or was edited. {RETRAIN}")
+    from agents.geo.registry import GEO_POLICY_NAMES  # the teacher is built by name: only a heuristic
+
+    if payload["teacher"] not in GEO_POLICY_NAMES:
+        raise CheckpointError(f"checkpoint {path}: its teacher {payload['teacher']!r} is not a geo heuristic "
+                              f"({', '.join(GEO_POLICY_NAMES)}): it was edited or written by something else. {RETRAIN}")
     return payload
 
 
