@@ -3,9 +3,8 @@ so that running the heuristics never imports torch.
 
 The hook for other schedulers is `GEO_FACTORIES`: name -> "module:attribute" (a class or any
 callable that takes the options as keywords and returns a `GeoPolicy`), or the callable itself.
-The learned policy is meant to be one more string entry, e.g.
-`"tapfinger-geo": "agents.geo.learned.policy:GeoLearnedPolicy"`, added here (a string costs no
-import) or at run time with `register_geo_policy`.
+The learned policy is one more string entry (`"tapfinger-geo"`, a string costs no import); others
+can be added here or at run time with `register_geo_policy`.
 """
 
 from __future__ import annotations

@@ -221,13 +221,13 @@ def evaluate_geo_and_report(args: argparse.Namespace, out: Path) -> dict:
 
     check_geo_flags(args)
     check_flags(args)
-    names = (default_geo_policies(load_geo_scenario(args.scenario).name, args.checkpoint) if args.policies == "auto"
+    scenario = load_geo_scenario(args.scenario)
+    names = (default_geo_policies(scenario.name, args.checkpoint) if args.policies == "auto"
              else policy_list(args.policies))
     if not names:
         raise ValueError("no geo policy is registered (agents/geo/registry.py is missing). Fix: install the "
                          "complete package")
     check_geo_policies(names)
-    scenario = load_geo_scenario(args.scenario)
     check_output_dir(out, ["results.json", CACHE_NAME, *([] if args.no_plots else GEO_PLOT_FILES)])
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     with warnings.catch_warnings():
