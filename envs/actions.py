@@ -178,23 +178,9 @@ class EnvActionReader:
 
     def _ints(self, value: Any, shape: tuple[int, ...], high: np.ndarray, where: str, form: str) -> np.ndarray:
         """`value` as an int64 array of `shape` with entries in 0..high, or `_Malformed`."""
-        if isinstance(value, (str, bytes)):
-            self._bad(where, f"is the string {reprlib.repr(value)}", form)
-        if isinstance(value, (list, tuple)) and _holds_bool(value):  # numpy would read True as 1
-            self._bad(where, f"holds booleans: {reprlib.repr(value)}", form)
-        try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError, OverflowError):  # ragged nesting
-            self._bad(where, f"is a ragged {type(value).__name__} {reprlib.repr(value)}", form)
-        kind = arr.dtype.kind
-        if kind == "f":
-            if not np.isfinite(arr).all():
-                self._bad(where, f"holds a non-finite number: {reprlib.repr(value)}", form)
-            if (arr != np.trunc(arr)).any():
-                self._bad(where, f"holds a fractional number (never truncated): {reprlib.repr(value)}", form)
-        elif kind not in "iu":  # booleans, strings, objects (2**70, None, mixed lists)
-            what = {"b": "booleans", "O": "values that are no 64-bit integers"}.get(kind, f"{arr.dtype} values")
-            self._bad(where, f"holds {what}: {reprlib.repr(value)}", form)
+        arr, problem = integer_array(value)
+        if problem is not None:
+            self._bad(where, problem, form)
         if arr.shape != shape:
             if form == "array":
                 self._bad(where, f"must have {2 + self.R} entries [task, node, {', '.join(self.array_names[2:])}], "
@@ -222,6 +208,31 @@ class EnvActionReader:
 
     def _bad(self, where: str, problem: str, form: str) -> None:
         raise _Malformed(f"{where} {problem}; expected {self.forms[form]}")
+
+
+def integer_array(value: Any) -> tuple[np.ndarray | None, str | None]:
+    """`value` as a numpy array of whole numbers, or (None, what is wrong with it): a string, booleans
+    (numpy would read True as 1), ragged nesting, a non-finite or fractional number (never
+    truncated), or values of another kind. Shape and range are the caller's (the edge and geo
+    action readers both start here)."""
+    if isinstance(value, (str, bytes)):
+        return None, f"is the string {reprlib.repr(value)}"
+    if isinstance(value, (list, tuple)) and _holds_bool(value):
+        return None, f"holds booleans: {reprlib.repr(value)}"
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):  # ragged nesting
+        return None, f"is a ragged {type(value).__name__} {reprlib.repr(value)}"
+    kind = arr.dtype.kind
+    if kind == "f":
+        if not np.isfinite(arr).all():
+            return None, f"holds a non-finite number: {reprlib.repr(value)}"
+        if (arr != np.trunc(arr)).any():
+            return None, f"holds a fractional number (never truncated): {reprlib.repr(value)}"
+    elif kind not in "iu":  # booleans, strings, objects (2**70, None, mixed lists)
+        what = {"b": "booleans", "O": "values that are no 64-bit integers"}.get(kind, f"{arr.dtype} values")
+        return None, f"holds {what}: {reprlib.repr(value)}"
+    return arr, None
 
 
 def _holds_bool(value: list | tuple) -> bool:

@@ -57,6 +57,7 @@ import pettingzoo
 from gymnasium import spaces
 from pettingzoo.utils.conversions import parallel_to_aec
 
+from envs.actions import integer_array
 from envs.edge_cluster import EdgeClusterEnv
 from envs.geo_observations import build_observation, max_job_blocks, observation_space, window_jobs
 from tapfinger.sim.geo.engine import NO_SITE, GeoActionError, GeoDecision, GeoEngine
@@ -105,23 +106,9 @@ class GeoActionReader:
         return out, None
 
     def _ints(self, value: Any, key: str) -> tuple[np.ndarray | None, str | None]:
-        if isinstance(value, (str, bytes)):
-            return None, f"is the string {reprlib.repr(value)}"
-        if isinstance(value, (list, tuple)) and _holds_bool(value):  # numpy would read True as 1
-            return None, f"holds booleans: {reprlib.repr(value)}"
-        try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError, OverflowError):  # ragged nesting
-            return None, f"is a ragged {type(value).__name__} {reprlib.repr(value)}"
-        kind = arr.dtype.kind
-        if kind == "f":
-            if not np.isfinite(arr).all():
-                return None, "holds a non-finite number (NaN or infinity)"
-            if (arr != np.trunc(arr)).any():
-                return None, "holds a fractional number (never truncated)"
-        elif kind not in "iu":
-            what = {"b": "booleans", "O": "values that are no 64-bit integers"}.get(kind, f"{arr.dtype} values")
-            return None, f"holds {what}"
+        arr, problem = integer_array(value)
+        if problem is not None:
+            return None, problem
         if arr.shape != self.shape[key]:
             return None, f"has shape {arr.shape}, not {self.shape[key]}"
         if (arr < 0).any():
@@ -144,9 +131,6 @@ class GeoActionReader:
         mv = tuple((int(jobs[w]), int(r), int(s), int(moves[w, r, s])) for w, r, s in np.argwhere(moves > 0))
         return GeoDecision(placements=placements, moves=mv), None
 
-
-def _holds_bool(value: list | tuple) -> bool:
-    return any(isinstance(v, (bool, np.bool_)) or (isinstance(v, (list, tuple)) and _holds_bool(v)) for v in value)
 
 
 def action_from_decision(jobs: np.ndarray, decision: GeoDecision, scenario: GeoScenario) -> dict[str, np.ndarray]:
