@@ -363,3 +363,16 @@ def test_the_episode_key_of_a_learned_policy_changes_with_its_checkpoint_content
     path.write_bytes(path.read_bytes() + b"\0")
     assert geo_harness.geo_job_key(sc, "tapfinger-geo", factory, 1000) != before
     assert geo_harness.geo_job_key(sc, "okita", None, 1000) == geo_harness.geo_job_key(sc, "okita", None, 1000)
+
+
+def test_demo_ends_with_the_geo_setting_unless_told_not_to(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--policies", "greedy", "--seeds", "1", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    geo = json.loads((out / "geo-6" / "results.json").read_text())
+    assert geo["family"] == "geo" and "okita" in geo["policies"] and "tapfinger-geo" in geo["policies"]
+    assert list(json.loads((out / "results.json").read_text())["policies"]) == ["greedy", "bound"]
+    assert "the geo-distributed setting: geo-6" in capsys.readouterr().out
+    bare = tmp_path / "bare"
+    assert main(["demo", "--policies", "greedy", "--seeds", "1", "--out", str(bare), "--quiet", "--no-plots",
+                 "--geo", ""]) == 0
+    assert not (bare / "geo-6").exists()
