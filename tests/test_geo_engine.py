@@ -1,21 +1,22 @@
 """The geo engine (issue 16) against its rules: hypothesis invariants under random and adversarial
-decisions, checked against an independent block-by-block reference (`Blocks`), unit tests of single
-rules, and the errors of bad geo scenario files. Expected values come from the rules of
+decisions, checked against an independent block-by-block reference (`Blocks`), and unit tests of single
+rules (bad scenario files: tests/test_geo_scenario_files.py). Expected values come from the rules of
 docs/geo-distributed.md ("A slot, in order"), computed here, never from the engine's own output."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tapfinger.sim.geo.engine import NO_SITE, GeoActionError, GeoDecision, GeoEngine
+from tapfinger.sim.geo.engine import LINK_TOLERANCE_MB, NO_SITE, GeoActionError, GeoDecision, GeoEngine
 from tapfinger.sim.geo.model import GeoJob, LatencyCost
-from tapfinger.sim.geo.scenario import draw_jobs, is_geo_scenario, load_geo_scenario, parse_geo_scenario
-from tapfinger.sim.scenario import ScenarioError
+from tapfinger.sim.geo.scenario import draw_jobs, load_geo_scenario, parse_geo_scenario
 
 TINY = {  # 3 sites, tight capacities and links, up to 3 epochs: the rules' corners come up often
     "name": "tiny", "family": "geo", "resources": ["gpu", "cpu"], "max_slots": 120, "max_workers_per_site": 3,
@@ -327,69 +328,46 @@ def test_latency_cost_is_f_of_the_jct_and_unarrived_or_finished_jobs_cannot_be_p
     assert eng.latency_cost[1] == pytest.approx(2.0 * (4 - 1) + 1.0)  # f(max_slots - arrival)
 
 
-@pytest.mark.parametrize("ps", [1.0, 1.5, True])
-def test_a_ps_site_that_is_no_integer_is_a_geo_action_error(ps):
-    eng = engine(job())
-    with pytest.raises(GeoActionError, match="PS site"):
-        eng.step(place(ps, 0, 0, 0))
+@pytest.mark.parametrize("key, ps, match", [(0, 1.0, "PS site"), (0, 1.5, "PS site"), (0, True, "PS site"),
+                                            (True, 0, "placement key True"), (1.0, 0, "placement key 1.0")])
+def test_a_ps_site_or_job_key_that_is_no_integer_is_a_geo_action_error(key, ps, match):
+    eng = engine(job(), job())  # job 1 pending: True must not read as it
+    with pytest.raises(GeoActionError, match=match):
+        eng.step(GeoDecision(placements={key: (ps, np.array([1, 0, 0]))}))
 
 
-# ----------------------------------------------------------------------------- scenario files
-BASE_TOML = """\
-name = "two"
-family = "geo"
-resources = ["gpu", "cpu"]
-max_slots = 50
-[sites]
-capacity = [[2, 8], [1, 4]]
-cost = [[0, 2], [2, 0]]
-link_mb = [[0, 200], [200, 0]]
-[jobs]
-count = 3
-arrival_slots = 5
-data_sites = [1, 2]
-blocks_per_site = [1, 3]
-block_mb = [50.0, 100.0]
-worker_low = [0, 1]
-worker_high = [1, 3]
-ps_low = [0, 1]
-ps_high = [0, 2]
-"""
-GENERATED_SITES = ("[sites]\ncount = 2\nseed = 0\ncapacity_low = [2, 8]\ncapacity_high = [2, 8]\n"
-                   "link_mb_per_slot = [20.0, 30.0]\n")
+@pytest.mark.parametrize("change, field", [
+    ({"epochs": 0}, "epochs"), ({"rate": 0}, "blocks_per_slot"), ({"blocks": (3, -1, 0)}, "blocks"),
+    ({"blocks": (0, 0, 0)}, "blocks"), ({"worker": (0, -1)}, "worker"), ({"ps": (-1, 1)}, "ps"),
+    ({"block_mb": -1.0}, "block_mb"), ({"exchange_mb": -0.5}, "exchange_mb"), ({"arrival": -1}, "arrival"),
+    ({"arrival": 120}, "arrival"), ({"blocks": (1, 1)}, "blocks has 2 entries"), ({"ps": (0, 1, 1)}, "ps has 3")])
+def test_explicit_jobs_that_cannot_run_are_refused_naming_job_and_field(change, field):
+    with pytest.raises(ValueError, match=rf"job 1: {field}.*Fix: "):  # tiny: 3 sites, 2 resources, 120 slots
+        engine(job(), job(**change))
 
 
-def write(tmp_path, text: str):
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    return path
+def test_iterators_in_a_decision_are_read_once_so_validation_does_not_use_them_up():
+    eng = engine(job(blocks=(2, 0, 0)))
+    d = GeoDecision(placements=iter([(0, (0, np.array([0, 0, 0])))]), moves=iter([(0, 0, 2, 1)]))
+    eng.step(d)
+    assert eng.passes_left[0].tolist() == [1, 0, 1] and d.moves == ((0, 0, 2, 1),)
 
 
-def test_a_valid_file_loads_and_is_a_geo_scenario(tmp_path):
-    path = write(tmp_path, BASE_TOML)
-    sc = load_geo_scenario(path)
-    assert is_geo_scenario(path) and sc.num_sites == 2 and sc.sites.link_mb[0][1] == 200.0
+def test_a_link_just_over_its_capacity_prints_every_digit_and_the_tolerance_is_public():
+    over = 200.0 + 2 * LINK_TOLERANCE_MB  # tiny's link 0->1 carries 200 MB
+    with pytest.raises(GeoActionError, match=re.escape(f"carry {over!r} MB this slot, above its 200 MB")):
+        engine(job(block_mb=over)).step(GeoDecision(moves=((0, 0, 1, 1),)))
+    eng = engine(job(block_mb=200.0 + LINK_TOLERANCE_MB / 2))  # within the tolerance: float noise
+    eng.step(GeoDecision(moves=((0, 0, 1, 1),)))
+    assert eng.passes_left[0].tolist() == [1, 1, 0]
 
 
-@pytest.mark.parametrize("old, new, key, fix", [
-    ('family = "geo"\n', "", "key 'family'", 'add `family = "geo"`'),
-    ("cost = [[0, 2], [2, 0]]", "cost = [[0, 2], [3, 0]]", "key 'sites.cost'", "cost[r][s] = cost[s][r]"),
-    ("worker_high = [1, 3]", "worker_high = [1, 30]", "key 'jobs.worker_high'", "raise the site capacities"),
-    ("[sites]\ncapacity = [[2, 8], [1, 4]]\ncost = [[0, 2], [2, 0]]\nlink_mb = [[0, 200], [200, 0]]\n",
-     GENERATED_SITES, "key 'sites.link_mb_per_slot'", "at least one block"),
-    ('name = "two"', 'name = "two"\ncolour = "red"', "['colour'] at top level", "remove them or correct"),
-    ("count = 3", "count = 3\nblock_size = 5", "['block_size'] at jobs", "remove them or correct the spelling"),
-])
-def test_a_bad_geo_file_names_the_file_the_key_and_a_fix(tmp_path, old, new, key, fix):
-    assert old in BASE_TOML
-    path = write(tmp_path, BASE_TOML.replace(old, new))
-    with pytest.raises(ScenarioError) as err:
-        load_geo_scenario(path)
-    text = str(err.value)
-    assert str(path) in text and key in text and "Fix:" in text and fix in text, text
-
-
-def test_a_written_out_link_below_a_block_names_link_mb(tmp_path):
-    path = write(tmp_path, BASE_TOML.replace("[[0, 200], [200, 0]]", "[[0, 20], [20, 0]]"))
-    with pytest.raises(ScenarioError, match="key 'sites.link_mb':"):
-        load_geo_scenario(path)
+@pytest.mark.parametrize("scale", [0.01, 1e-3, 3.0])
+def test_the_sigmoid_never_overflows_and_is_the_textbook_formula(scale):
+    f = LatencyCost(kind="sigmoid", weight=500.0, midpoint=20.0, scale=scale)
+    ts = [0, 5, 19, 20, 21, 40, 1000]
+    values = [f(t) for t in ts]
+    assert all(math.isfinite(v) and 0.0 <= v <= 500.0 for v in values) and values == sorted(values)
+    for t, v in zip(ts, values):
+        x = -(t - 20.0) / scale
+        assert v == pytest.approx(500.0 / (1.0 + math.exp(x)) if x < 700 else 0.0, rel=1e-12, abs=1e-300)

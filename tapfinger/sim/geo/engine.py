@@ -23,6 +23,9 @@ from tapfinger.sim.geo.model import GeoJob, GeoScenario
 from tapfinger.sim.geo.scenario import draw_jobs
 
 NO_SITE = -1
+# Megabytes a link may carry above its capacity: float noise of summing block sizes, not room for
+# more data. Public so that policies planning moves test a link exactly as the engine does.
+LINK_TOLERANCE_MB = 1e-9
 
 
 def _is_int(value) -> bool:
@@ -40,6 +43,38 @@ class GeoDecision:
     placements: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)
     moves: tuple[tuple[int, int, int, int], ...] = ()  # (job, from site, to site, blocks)
 
+    def __post_init__(self) -> None:
+        # Validation and the step both read these; an iterator would be used up by the first read
+        # (a decision validated, then nothing moved) and a caller's dict could change in between.
+        object.__setattr__(self, "placements", dict(self.placements))
+        object.__setattr__(self, "moves", tuple(self.moves))
+
+
+def _mb(value: float) -> str:
+    """Megabytes for a message: short when that is exact, else every digit (300.0000001 above a
+    300 MB link must not print as 300)."""
+    value = float(value)
+    return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+
+
+def _job_problem(k: int, job: GeoJob, R: int, K: int, max_slots: int) -> str | None:
+    """Why explicit job `k` cannot run in this scenario, or None (drawn jobs always can)."""
+    for name, size, want in (("blocks", len(job.blocks), R), ("worker", len(job.worker), K), ("ps", len(job.ps), K)):
+        if size != want:
+            return f"job {k}: {name} has {size} entries, the scenario has {want}. Fix: give one per " \
+                   f"{'site' if name == 'blocks' else 'resource'}"
+    checks = (("epochs", job.epochs >= 1, "at least 1"), ("blocks_per_slot", job.blocks_per_slot >= 1, "at least 1"),
+              ("blocks", min(job.blocks) >= 0, "no negative entry"), ("blocks", sum(job.blocks) >= 1,
+                                                                      "at least one block somewhere"),
+              ("worker", min(job.worker, default=0) >= 0, "no negative demand"),
+              ("ps", min(job.ps, default=0) >= 0, "no negative demand"),
+              ("block_mb", job.block_mb >= 0, ">= 0"), ("exchange_mb", job.exchange_mb >= 0, ">= 0"),
+              ("arrival", 0 <= job.arrival < max_slots, f"in 0..{max_slots - 1} (max_slots {max_slots})"))
+    for name, ok, fix in checks:
+        if not ok:
+            return f"job {k}: {name} = {getattr(job, name)!r} is invalid. Fix: make it {fix}"
+    return None
+
 
 class GeoEngine:
     """`reset(seed)`, then `step(decision)` until `done`. Arrays are indexed by job (arrival order)."""
@@ -50,9 +85,14 @@ class GeoEngine:
         self.capacity, self.cost, self.link_mb = scenario.sites.arrays()
 
     def reset(self, seed: int, jobs: tuple[GeoJob, ...] | None = None) -> None:
-        jobs = draw_jobs(self.scenario, seed) if jobs is None else tuple(jobs)
-        if any(len(j.blocks) != self.R or len(j.worker) != self.K or len(j.ps) != self.K for j in jobs):
-            raise ValueError(f"jobs do not match the scenario's {self.R} sites and {self.K} resources")
+        if jobs is None:
+            jobs = draw_jobs(self.scenario, seed)
+        else:
+            jobs = tuple(jobs)
+            for k, j in enumerate(jobs):
+                problem = _job_problem(k, j, self.R, self.K, self.scenario.max_slots)
+                if problem is not None:
+                    raise ValueError(problem)
         if any(b.arrival > a.arrival for a, b in zip(jobs[1:], jobs[:-1])):
             raise ValueError("jobs must be given in arrival order")
         self.jobs, self.J = jobs, len(jobs)
@@ -110,6 +150,8 @@ class GeoEngine:
         """Why `decision` breaks the rules, or None."""
         pending = set(self.pending().tolist())
         for i, (ps, workers) in decision.placements.items():
+            if not _is_int(i):  # True would read as job 1, 1.0 would not index
+                return f"placement key {i!r} must be a job index (an integer, not a bool or float)"
             if i not in pending:
                 return f"job {i} is not pending (not arrived, or already complete)"
             w = np.asarray(workers)
@@ -145,10 +187,10 @@ class GeoEngine:
             i, r = short[0]
             return (f"job {i} moves {out[i, r]} blocks from site {r}, which has {self.movable_blocks(i)[r]} "
                     f"untouched blocks")
-        full = np.argwhere((self.link_mb > 0) & (link > self.link_mb + 1e-9))
+        full = np.argwhere((self.link_mb > 0) & (link > self.link_mb + LINK_TOLERANCE_MB))
         if full.size:
             a, b = full[0]
-            return f"link {a}->{b} would carry {link[a, b]:g} MB this slot, above its {self.link_mb[a, b]:g} MB"
+            return f"link {a}->{b} would carry {_mb(link[a, b])} MB this slot, above its {_mb(self.link_mb[a, b])} MB"
         return None
 
     # ------------------------------------------------------------------ the slot

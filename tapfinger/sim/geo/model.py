@@ -23,7 +23,9 @@ class LatencyCost:
     """f(t): what a job's completion time t (its JCT in slots) costs. Non-decreasing in t.
 
     sigmoid: weight / (1 + exp(-(t - midpoint) / scale)), the patent's default;
-    linear: tau * t + b; piecewise: tau1 if t <= deadline else tau2 (a hard deadline)."""
+    linear: tau * t + b; piecewise: tau1 if t <= deadline else tau2 (a hard deadline).
+    The scenario parser keeps f(t) >= 0 and non-decreasing for t >= 0 (weight >= 0, scale > 0,
+    tau >= 0, b >= 0, 0 <= tau1 <= tau2), so a latency cost is never a gain."""
 
     kind: str = "sigmoid"
     weight: float = 100.0
@@ -37,7 +39,13 @@ class LatencyCost:
 
     def __call__(self, t: float) -> float:
         if self.kind == "sigmoid":
-            return self.weight / (1.0 + math.exp(-(t - self.midpoint) / self.scale))
+            x = -(t - self.midpoint) / self.scale
+            if x <= 0.0:  # exp(x) <= 1: the textbook form cannot overflow
+                return self.weight / (1.0 + math.exp(x))
+            # exp(x) would overflow for x > ~709 (a small scale, t far below the midpoint); the
+            # same value through exp(-x) < 1 cannot
+            e = math.exp(-x)
+            return self.weight * e / (1.0 + e)
         if self.kind == "linear":
             return self.tau * t + self.b
         return self.tau1 if t <= self.deadline else self.tau2

@@ -8,6 +8,7 @@ same jobs (common random numbers). `docs/geo-distributed.md` documents every key
 
 from __future__ import annotations
 
+import math
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -29,6 +30,10 @@ JOB_KEYS = {"count", "arrival_slots", "data_sites", "blocks_per_site", "block_mb
 LATENCY_PARAMS = {"sigmoid": {"weight": (100.0, 1000.0), "midpoint": (10.0, 30.0), "scale": (2.0, 5.0)},
                   "linear": {"tau": (1.0, 10.0), "b": (0.0, 0.0)},
                   "piecewise": {"tau1": (0.0, 0.0), "tau2": (100.0, 1000.0), "deadline": (10.0, 30.0)}}
+# What keeps f(t) >= 0 and non-decreasing for t >= 0: scale divides (> 0); the rest >= 0 (tau1 <=
+# tau2 is checked on its own). midpoint and deadline only need to be finite.
+LATENCY_POSITIVE = {"scale"}
+LATENCY_NON_NEGATIVE = {"weight", "tau", "b", "tau1", "tau2"}
 MAX_GEO_SITES = 500
 MAX_GEO_JOBS = 100_000
 # A job's stream of the episode seed: the jobs of seed s are the same whatever the policy does.
@@ -107,17 +112,35 @@ def _pair(rd: _Reader, table: dict, key: str, path: str, default=..., *, integer
     return (int(value[0]), int(value[1])) if integer else (float(value[0]), float(value[1]))
 
 
-def _vector(rd: _Reader, table: dict, key: str, path: str, size: int, default=..., low: float = 0) -> tuple:
+def _vector(rd: _Reader, table: dict, key: str, path: str, size: int, default=..., low: int = 0) -> tuple[int, ...]:
+    """One integer per resource: capacities and demands count units, so 0.5 is refused rather than
+    truncated to 0."""
     value = rd.get(table, key, path, list, default)
-    if len(value) != size or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low
-                                     for v in value):
-        raise rd.fail(f"{path}.{key}", f"must be {size} numbers >= {low} (one per resource), got {value!r}",
-                      "give one value per resource, in the order of `resources`")
+    if len(value) != size or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value):
+        raise rd.fail(f"{path}.{key}", f"must be {size} integers >= {low} (one per resource), got {value!r}",
+                      "give one whole number per resource, in the order of `resources`")
     return tuple(value)
 
 
+def _ordered(rd: _Reader, key: str, low: tuple, high: tuple, low_key: str, res: tuple[str, ...]) -> None:
+    """high >= low per resource, naming the first resource that breaks it."""
+    for name, a, b in zip(res, low, high):
+        if a > b:
+            raise rd.fail(key, f"is below {low_key} for {name} ({b} < {a})", f"set the {name} entry >= {a}")
+
+
+def _table(rd: _Reader, table: dict, key: str, fix: str) -> np.ndarray:
+    """A written-out table: a list of equally long rows of numbers (numpy's own error on a ragged or
+    non-numeric table names no key)."""
+    rows = rd.get(table, key, "sites", list)
+    if not rows or not all(isinstance(row, list) and len(row) == len(rows[0]) for row in rows) or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for row in rows for v in row):
+        raise rd.fail(f"sites.{key}", f"must be a list of equally long rows of numbers, got {rows!r}", fix)
+    return np.asarray(rows, dtype=float).reshape(len(rows), len(rows[0]))
+
+
 def _matrix(rd: _Reader, table: dict, key: str, size: int, symmetric: bool) -> np.ndarray:
-    value = np.asarray(rd.get(table, key, "sites", list), dtype=float)
+    value = _table(rd, table, key, f"write {size} rows of {size} numbers >= 0, one row per site")
     if value.shape != (size, size) or not np.all(np.isfinite(value)) or np.any(value < 0):
         raise rd.fail(f"sites.{key}", f"must be a {size} x {size} matrix of numbers >= 0", "one row per site")
     if symmetric and (not np.allclose(value, value.T) or np.any(np.diag(value) != 0)):
@@ -129,8 +152,8 @@ def _sites(rd: _Reader, table: dict, res: tuple[str, ...]) -> GeoSites:
     rd.unknown_keys(table, "sites", SITE_KEYS)
     K = len(res)
     if "capacity" in table:  # written out in full
-        cap = np.asarray(rd.get(table, "capacity", "sites", list), dtype=float)
-        if cap.ndim != 2 or cap.shape[1] != K or np.any(cap < 0) or np.any(cap != np.round(cap)):
+        cap = _table(rd, table, "capacity", f"write one row of {K} integers >= 0 per site, e.g. [[8, 64, 128, 500]]")
+        if cap.shape[1] != K or not np.all(np.isfinite(cap)) or np.any(cap < 0) or np.any(cap != np.round(cap)):
             raise rd.fail("sites.capacity", f"must be one row of {K} integers >= 0 per site", "e.g. [[8, 64, 128, 500]]")
         R = cap.shape[0]
         cost = _matrix(rd, table, "cost", R, True)
@@ -140,9 +163,8 @@ def _sites(rd: _Reader, table: dict, res: tuple[str, ...]) -> GeoSites:
         rng = np.random.default_rng(rd.integer(table, "seed", "sites", 0, low=0))
         low = _vector(rd, table, "capacity_low", "sites", K)
         high = _vector(rd, table, "capacity_high", "sites", K)
-        if any(a > b for a, b in zip(low, high)):
-            raise rd.fail("sites.capacity_high", "is below capacity_low somewhere", "set high >= low per resource")
-        cap = np.stack([rng.integers(int(a), int(b) + 1, size=R) for a, b in zip(low, high)], axis=1)
+        _ordered(rd, "sites.capacity_high", low, high, "capacity_low", res)
+        cap = np.stack([rng.integers(a, b + 1, size=R) for a, b in zip(low, high)], axis=1)
         c_lo, c_hi = _pair(rd, table, "cost_per_100mb", "sites", [2.0, 8.0])
         upper = np.triu(rng.uniform(c_lo, c_hi, size=(R, R)), 1).round(3)
         cost = upper + upper.T
@@ -160,8 +182,7 @@ def _jobs(rd: _Reader, table: dict, res: tuple[str, ...], sites: GeoSites,
     rd.unknown_keys(table, "jobs", JOB_KEYS | {f"latency_{p}" for ps in LATENCY_PARAMS.values() for p in ps})
     K, R = len(res), sites.count
     kind = rd.choice(table, "latency", "jobs", LATENCY_KINDS, "sigmoid")
-    ranges = tuple((p, _pair(rd, table, f"latency_{p}", "jobs", list(d), low=-1e12))
-                   for p, d in LATENCY_PARAMS[kind].items())
+    ranges = _latency_ranges(rd, table, kind)
     data_sites = _pair(rd, table, "data_sites", "jobs", [1, min(R, 3)], integer=True, low=1)
     if data_sites[1] > R:
         raise rd.fail("jobs.data_sites", f"asks for up to {data_sites[1]} sites, the scenario has {R}",
@@ -175,15 +196,13 @@ def _jobs(rd: _Reader, table: dict, res: tuple[str, ...], sites: GeoSites,
         epochs=_pair(rd, table, "epochs", "jobs", [1, 3], integer=True, low=1),
         blocks_per_slot=_pair(rd, table, "blocks_per_slot", "jobs", [5, 15], integer=True, low=1),
         exchange_mb=_pair(rd, table, "exchange_mb", "jobs", [30.0, 375.0]),
-        worker_low=tuple(int(v) for v in _vector(rd, table, "worker_low", "jobs", K)),
-        worker_high=tuple(int(v) for v in _vector(rd, table, "worker_high", "jobs", K)),
-        ps_low=tuple(int(v) for v in _vector(rd, table, "ps_low", "jobs", K)),
-        ps_high=tuple(int(v) for v in _vector(rd, table, "ps_high", "jobs", K)),
+        worker_low=_vector(rd, table, "worker_low", "jobs", K),
+        worker_high=_vector(rd, table, "worker_high", "jobs", K),
+        ps_low=_vector(rd, table, "ps_low", "jobs", K), ps_high=_vector(rd, table, "ps_high", "jobs", K),
         latency=kind, latency_ranges=ranges)
     cap = np.asarray(sites.capacity)
     for key, lo, hi in (("worker", jr.worker_low, jr.worker_high), ("ps", jr.ps_low, jr.ps_high)):
-        if any(a > b for a, b in zip(lo, hi)):
-            raise rd.fail(f"jobs.{key}_high", "is below the low end somewhere", "set high >= low per resource")
+        _ordered(rd, f"jobs.{key}_high", lo, hi, f"{key}_low", res)
     link = np.asarray(sites.link_mb)
     off = ~np.eye(R, dtype=bool)
     if np.any((link[off] > 0) & (link[off] < jr.block_mb[1])):
@@ -195,6 +214,32 @@ def _jobs(rd: _Reader, table: dict, res: tuple[str, ...], sites: GeoSites,
         raise rd.fail("jobs.worker_high", f"a worker plus a PS may need {need.tolist()}, which no site holds",
                       "lower the demands or raise the site capacities, so that every job can run somewhere")
     return jr
+
+
+def _latency_ranges(rd: _Reader, table: dict, kind: str) -> tuple[tuple[str, tuple[float, float]], ...]:
+    """The chosen kind's parameter ranges, each drawn value such that f(t) >= 0 and f is
+    non-decreasing for t >= 0 (a latency cost must never pay a job for waiting)."""
+    for other, params in LATENCY_PARAMS.items():  # (no parameter name belongs to two kinds)
+        stray = sorted(f"latency_{p}" for p in params if other != kind and f"latency_{p}" in table)
+        if stray:  # it would load and be ignored: the file says something the scenario does not do
+            raise rd.fail(f"jobs.{stray[0]}", f"is a parameter of latency = \"{other}\", not of the chosen "
+                          f"latency = \"{kind}\"", f"remove it, or set latency = \"{other}\"")
+    ranges = {}
+    for p, default in LATENCY_PARAMS[kind].items():
+        lo, hi = _pair(rd, table, f"latency_{p}", "jobs", list(default), low=-math.inf)
+        key = f"jobs.latency_{p}"
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise rd.fail(key, f"must be finite, got [{lo}, {hi}]", "write ordinary numbers")
+        if p in LATENCY_POSITIVE and lo <= 0:
+            raise rd.fail(key, f"must be > 0 (it divides), got low {lo}", "set the low end > 0, e.g. 1.0")
+        if p in LATENCY_NON_NEGATIVE and lo < 0:
+            raise rd.fail(key, f"must be >= 0 (f(t) >= 0 for t >= 0), got low {lo}", "set the low end >= 0")
+        ranges[p] = (lo, hi)
+    if kind == "piecewise" and ranges["tau1"][1] > ranges["tau2"][0]:
+        raise rd.fail("jobs.latency_tau1", f"may draw above latency_tau2 ({ranges['tau1'][1]} > "
+                      f"{ranges['tau2'][0]}): missing the deadline would cost less than meeting it",
+                      "keep the high end of latency_tau1 <= the low end of latency_tau2")
+    return tuple(ranges.items())
 
 
 def draw_jobs(scenario: GeoScenario, seed: int) -> tuple[GeoJob, ...]:
