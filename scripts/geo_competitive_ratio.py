@@ -6,14 +6,24 @@ Over N small random instances (tapfinger.evaluation.geo_instances.small_geo_inst
 plays every policy on the same jobs (same seed), and prints a markdown table of cost / optimal
 per policy: mean with 95% CI over instances, median, max, how often the policy is the best of
 those compared (ties count for each), and okita's ratio minus each other's, paired by instance.
-Then it checks the patent's claim: okita's mean ratio is below 1.8 and the lowest among okita, oasis, drf and fifo.
 
-    .venv/bin/python scripts/geo_competitive_ratio.py                 # 50 instances, the claim checked
+Then it checks the patent's 1.8 against okita in two readings, and reports both:
+
+* on average (what the exit status checks): okita's mean ratio is below 1.8 and the lowest among
+  okita, oasis, drf and fifo;
+* in the worst case (what a competitive ratio is, and what the patent's "within 1.8 of the
+  optimum" says): okita's largest ratio over the instances is below 1.8. This is reported, with
+  the number and the seed, but is not part of the exit status: on the default instances it does
+  not hold (okita's max is about 3.2), so the patent's worst-case bound is NOT reproduced, and the
+  output says so on every run.
+
+    .venv/bin/python scripts/geo_competitive_ratio.py                 # 50 instances, both checked
     .venv/bin/python scripts/geo_competitive_ratio.py --instances 10 --out ratio.json
 
-Exit status: 0 when the claim holds, 1 when a part of it fails (the message says which), 2 when
-a policy's cost falls below the optimum (a bug in the policy, the engine or the program), 130
-after Ctrl-C (the table of the instances finished so far is printed, and written with --out).
+Exit status: 0 when the mean claim holds (whatever the worst case), 1 when a part of the mean claim
+fails (the message says which), 2 when a policy's cost falls below the optimum (a bug in the
+policy, the engine or the program), 130 after Ctrl-C (the table of the instances finished so far
+is printed, and written with --out).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from tapfinger.evaluation.geo_optimal import DEFAULT_TIME_LIMIT, geo_optimal, re
 from tapfinger.evaluation.metrics import mean_ci
 
 CLAIM_POLICIES = ("okita", "oasis", "drf", "fifo")
-CLAIM_RATIO = 1.8  # the patent: okita within 1.8 of the offline optimum
+CLAIM_RATIO = 1.8  # the patent: okita within 1.8 of the offline optimum (a worst-case bound)
 BELOW_TOL = 1e-6  # relative: a cost this far below the optimum is a bug, not rounding
 
 
@@ -104,23 +114,25 @@ def policy_summary(study: Study) -> dict[str, dict]:
         if not rows:
             continue
         ratios = np.array([r["cost"][name] / r["optimal"] for r in rows])
+        worst = int(np.argmax(ratios))
         best = sum(r["cost"][name] <= min(r["cost"].values()) * (1 + 1e-9) for r in rows)
         m, lo, hi = mean_ci(ratios)
         out[name] = {"instances": len(rows), "mean": m, "ci95": [lo, hi], "median": float(np.median(ratios)),
-                     "max": float(ratios.max()), "best": int(best),
+                     "max": float(ratios[worst]), "max_seed": int(rows[worst]["seed"]), "best": int(best),
                      "optimal": int(np.sum(ratios <= 1 + 1e-6)), "below_optimal": int(np.sum(ratios < 1 - BELOW_TOL)),
                      "truncated": int(sum(r["truncated"][name] for r in rows))}
     return out
 
 
 def check_claim(summary: dict[str, dict], study: Study) -> tuple[bool | None, str]:
-    """(holds, why): None when the policies compared do not include the claim's four."""
+    """The mean reading, which the exit status checks: (holds, why); None when the policies
+    compared do not include the claim's four."""
     broken = [n for n in CLAIM_POLICIES if n in study.failed]
     if broken:
-        return False, f"claim FAILS: {', '.join(broken)} stopped with an error (see above)"
+        return False, f"mean claim FAILS: {', '.join(broken)} stopped with an error (see above)"
     missing = [n for n in CLAIM_POLICIES if n not in summary]
     if missing:
-        return None, f"claim not checked: no results for {', '.join(missing)}"
+        return None, f"mean claim not checked: no results for {', '.join(missing)}"
     okita = summary["okita"]["mean"]
     lower = [n for n in CLAIM_POLICIES if n != "okita" and summary[n]["mean"] <= okita]
     parts = []
@@ -130,9 +142,22 @@ def check_claim(summary: dict[str, dict], study: Study) -> tuple[bool | None, st
         parts.append(f"okita's mean ratio {okita:.3f} is not the lowest: "
                      + ", ".join(f"{n} {summary[n]['mean']:.3f}" for n in lower))
     if parts:
-        return False, "claim FAILS: " + "; ".join(parts)
-    return True, (f"claim holds: okita's mean ratio {okita:.3f} < {CLAIM_RATIO}, the lowest of "
-                  f"{', '.join(CLAIM_POLICIES)}")
+        return False, "mean claim FAILS: " + "; ".join(parts)
+    return True, (f"mean claim holds (the part the exit status checks): okita's mean ratio {okita:.3f} < "
+                  f"{CLAIM_RATIO}, the lowest of {', '.join(CLAIM_POLICIES)}")
+
+
+def check_worst_case(summary: dict[str, dict]) -> tuple[bool | None, str]:
+    """The worst-case reading (the competitive ratio proper), reported but not in the exit status:
+    (holds, why); None without okita's results."""
+    if "okita" not in summary:
+        return None, "worst-case bound not checked: no results for okita"
+    s = summary["okita"]
+    if s["max"] < CLAIM_RATIO:
+        return True, (f"worst-case bound holds on these {s['instances']} instance(s): okita's max ratio "
+                      f"{s['max']:.3f} < {CLAIM_RATIO} (seed {s['max_seed']})")
+    return False, (f"worst-case bound NOT reproduced: okita's max ratio is {s['max']:.3f} (seed {s['max_seed']}), "
+                   f"above the patent's {CLAIM_RATIO} (reported only: the exit status checks the mean reading)")
 
 
 def print_report(args: argparse.Namespace, study: Study, summary: dict[str, dict]) -> None:
@@ -172,17 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     summary = policy_summary(study)
     print_report(args, study, summary)
     holds, why = check_claim(summary, study)
+    worst_holds, worst_why = check_worst_case(summary)
     if study.interrupted:
         why = f"partial ({len(study.instances)} of {args.instances} instances): {why}"
-    print(f"\n{why}")
+        worst_why = f"partial ({len(study.instances)} of {args.instances} instances): {worst_why}"
+    print(f"\n{why}\n{worst_why}")
     below = [n for n, s in summary.items() if s["below_optimal"]]
     if below:
         print(f"ERROR: below the optimum (a bug in a policy, the engine or the program): {', '.join(below)}")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
+            claim = {"mean": {"holds": holds, "why": why}, "worst_case": {"holds": worst_holds, "why": worst_why}}
             json.dump({"args": vars(args), "interrupted": study.interrupted, "instances": study.instances,
-                       "summary": summary, "failed": study.failed, "claim": {"holds": holds, "why": why}},
-                      fh, indent=1)
+                       "summary": summary, "failed": study.failed, "claim": claim}, fh, indent=1)
     if study.interrupted:
         return 130
     if below:

@@ -4,18 +4,19 @@ cost, it matches optima worked out by hand, and it refuses instances too large f
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import numpy as np
 import pytest
 
 from agents.geo.base import GeoPolicy
+from agents.geo.registry import make_geo_policy
 from envs.geo_episode import run_geo_episode
-from tapfinger.evaluation.geo_instances import small_geo_instance, small_geo_scenario, small_geo_table
+from tapfinger.evaluation.geo_instances import (SMALL_ARRIVAL_SLOTS, small_geo_instance, small_geo_scenario,
+                                                small_geo_table)
 from tapfinger.evaluation.geo_optimal import (MAX_VARIABLES, GeoInstanceTooLargeError, geo_optimal,
                                               replay_geo_optimum)
-from tapfinger.evaluation.geo_optimal_model import count_variables
+from tapfinger.evaluation.geo_optimal_model import build_program, count_variables
 from tapfinger.sim.geo.engine import GeoDecision, GeoEngine
 from tapfinger.sim.geo.model import GeoJob, LatencyCost
 from tapfinger.sim.geo.scenario import draw_jobs, load_geo_scenario, parse_geo_scenario
@@ -105,13 +106,6 @@ HEURISTICS = ("okita", "oasis", "drf", "fifo")
 
 @pytest.mark.parametrize("name", HEURISTICS)
 def test_the_optimum_is_never_above_a_heuristic(solved, name):
-    if importlib.util.find_spec("agents.geo.registry") is None:
-        pytest.skip("agents/geo/registry.py is not there yet")
-    from agents.geo.registry import make_geo_policy
-    try:
-        make_geo_policy(name)
-    except (ImportError, AttributeError) as exc:  # a heuristic still being written
-        pytest.skip(f"geo policy {name} not available yet: {exc}")
     for seed, kind, sc, jobs, opt in solved:
         res = run_geo_episode(sc, make_geo_policy(name), seed, jobs=jobs)
         assert opt.cost <= res.total_cost * (1 + 1e-7), (name, seed, kind, opt.cost, res.total_cost)
@@ -188,3 +182,17 @@ def test_small_instances_are_seeded():
     assert a == b
     assert a != c
     assert a[0].num_sites == 3 and len(a[1]) == 3
+
+
+@pytest.mark.parametrize("sites, jobs, slots", [(3, 3, 16), (2, 1, 5), (4, 2, 9), (3, 4, 12)])
+def test_the_variable_count_is_the_built_programs(sites, jobs, slots):
+    # The size check counts before building; it must count what the builder allocates.
+    for seed in range(3):
+        sc, jb = small_geo_instance(seed, sites, jobs, slots)
+        assert count_variables(sc, jb) == build_program(sc, jb).cols.size, (sites, jobs, slots, seed)
+
+
+def test_a_horizon_shorter_than_the_arrivals_is_refused():
+    small_geo_scenario(0, max_slots=SMALL_ARRIVAL_SLOTS)  # the last arrival slot still has a slot to run
+    with pytest.raises(ValueError, match=f"below the {SMALL_ARRIVAL_SLOTS} arrival slots.*Fix: max_slots >= "):
+        small_geo_scenario(0, max_slots=SMALL_ARRIVAL_SLOTS - 1)

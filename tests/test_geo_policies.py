@@ -4,7 +4,8 @@ Every decision passes the engine's own check (geo-6 and geo-50, several seeds); 
 finishes; decisions depend only on arrived jobs (no clairvoyance); the same seed gives the same
 episode; okita is cheaper than fifo on average over geo-6; okita-np never moves a started job's PS
 or worker sites; jobs whose data sits where no worker fits still finish; the shared helpers keep
-links and untouched blocks; the registry's names, errors and lazy imports."""
+links and untouched blocks, and clip moves to a link exactly as the engine does; the registry's
+names, errors and lazy imports."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from agents.geo.base import GeoPolicy
 from agents.geo.placement import SlotPlan, greedy_moves, job_view, room
 from agents.geo.registry import GEO_POLICY_NAMES, geo_policy_names, make_geo_policy, register_geo_policy
 from envs.geo_episode import run_geo_episode
-from tapfinger.sim.geo.engine import GeoEngine
-from tapfinger.sim.geo.scenario import draw_jobs, load_geo_scenario
+from tapfinger.sim.geo.engine import GeoDecision, GeoEngine
+from tapfinger.sim.geo.scenario import draw_jobs, load_geo_scenario, parse_geo_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 GEO6 = load_geo_scenario("geo-6")
@@ -292,3 +293,34 @@ def test_geo_heuristics_never_import_torch():
             "assert not loaded, loaded\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _one_link(link_mb: float):
+    """Two sites joined by a link of `link_mb` MB per slot; one job with four 100 MB blocks at site 0."""
+    table = {"name": "link", "family": "geo", "resources": ["gpu", "cpu"], "max_slots": 10,
+             "max_workers_per_site": 1,
+             "sites": {"capacity": [[1, 2], [1, 2]], "cost": [[0.0, 4.0], [4.0, 0.0]],
+                       "link_mb": [[0.0, link_mb], [link_mb, 0.0]]},
+             "jobs": {"count": 1, "arrival_slots": 1, "block_mb": [100.0, 100.0], "worker_low": [1, 1],
+                      "worker_high": [1, 1], "ps_low": [0, 1], "ps_high": [0, 1]}}
+    sc = parse_geo_scenario(table, "<one link>")
+    job = replace(draw_jobs(sc, 0)[0], blocks=(4, 0), epochs=1)
+    eng = GeoEngine(sc)
+    eng.reset(0, (job,))
+    return eng
+
+
+@pytest.mark.parametrize("link_mb, blocks", [(299.9999995, 2), (300.0 - 1e-10, 3), (300.0, 3)])
+def test_moves_are_clipped_to_a_link_exactly_as_the_engine_checks_it(link_mb, blocks):
+    # 299.9999995 MB carries two 100 MB blocks: the engine refuses three (300 MB is more than
+    # 5e-7 MB above it, beyond its float tolerance), so a policy must not plan them. Within the
+    # tolerance (300 - 1e-10) the engine takes three, and so does the plan.
+    eng = _one_link(link_mb)
+    assert (eng.decision_problem(GeoDecision(moves=((0, 0, 1, 3),))) is None) == (blocks == 3)
+    targets = np.array([False, True])
+    plan = SlotPlan(eng)
+    moved = greedy_moves(plan, job_view(eng, 0), targets)
+    assert moved.tolist() == [blocks, 0] and eng.decision_problem(plan.decision()) is None
+    plan = SlotPlan(eng)  # the clipping the learned policy applies to its teacher's moves
+    assert plan.move(0, 0, 1, 4, 100.0) == blocks and plan.move(0, 0, 1, 4, 100.0) == 0
+    assert eng.decision_problem(plan.decision()) is None

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.sim.geo.engine import GeoDecision, GeoEngine
+from tapfinger.sim.geo.engine import LINK_TOLERANCE_MB, GeoDecision, GeoEngine
 from tapfinger.sim.geo.model import LatencyCost
 
-LINK_EPS = 1e-6  # below the engine's 1e-9 tolerance on a link's megabytes, on the safe side
 BIG = 1 << 30  # "no limit" as an integer (a site's room for a job that needs none of a resource)
 
 
@@ -83,6 +82,15 @@ class SlotPlan:
     def keep(self, i: int, ps: int, workers: np.ndarray) -> None:
         """Record a placement whose resources the caller has already taken from `free`."""
         self.placements[int(i)] = (int(ps), np.asarray(workers, dtype=np.int64))
+
+    def move(self, i: int, src: int, dst: int, n: int, block_mb: float) -> int:
+        """Move up to n untouched blocks of job i (the caller counts them) from src to dst, clipped
+        to what the link still carries (`link_blocks`); returns the blocks moved."""
+        n = max(min(int(n), link_blocks(self.link_left[src, dst], block_mb)), 0)
+        if n > 0:
+            self.link_left[src, dst] -= n * block_mb
+            self.moves.append((int(i), int(src), int(dst), n))
+        return n
 
     def moved_out(self, i: int) -> np.ndarray:
         """[R] blocks of job i this plan already moves off each site (read from `moves` itself, so
@@ -184,22 +192,24 @@ def greedy_moves(plan: SlotPlan, view: JobView, targets: np.ndarray, sources: np
     pairs = [(int(src[k // dst.size]), int(dst[k % dst.size])) for k in order]
     for limit in ([spare.astype(np.int64).copy(), None] if spare is not None else [None]):
         for s, d in pairs:
-            n = min(int(left[s]), _link_blocks(plan.link_left[s, d], view.block_mb))
+            n = min(int(left[s]), link_blocks(plan.link_left[s, d], view.block_mb))
             if limit is not None:
                 n = min(n, max(int(limit[d]), 0))
                 limit[d] -= n
-            if n > 0:
-                left[s] -= n
-                moved[s] += n
-                plan.link_left[s, d] -= n * view.block_mb
-                plan.moves.append((view.i, s, d, n))
+            n = plan.move(view.i, s, d, n, view.block_mb)
+            left[s] -= n
+            moved[s] += n
     return moved
 
 
-def _link_blocks(link_left: float, block_mb: float) -> int:
+def link_blocks(link_left: float, block_mb: float) -> int:
+    """Whole blocks of `block_mb` that fit in a link's `link_left` megabytes this slot. The slack is
+    the engine's own LINK_TOLERANCE_MB (it refuses a link carrying more than capacity + that), so a
+    plan is never more permissive than the engine: any larger slack would let a link written out
+    as, say, 299.9999995 MB take three 100 MB blocks that the engine then refuses."""
     if np.isinf(link_left):
         return BIG
-    return max(int((link_left + LINK_EPS) // block_mb), 0) if link_left > 0 else 0
+    return max(int((link_left + LINK_TOLERANCE_MB) // block_mb), 0) if link_left > 0 else 0
 
 
 def ps_sites(view: JobView, engine: GeoEngine, free: np.ndarray, count: int, current: int = -1) -> list[int]:
@@ -377,7 +387,7 @@ def _lag(engine: GeoEngine, view: JobView, off: np.ndarray, dest: np.ndarray, fl
     if not np.any(engine.link_mb > 0):
         return np.ones((N, R))
     link = engine.link_mb[np.arange(R)[None, :], dest]
-    per_slot = np.maximum((link + LINK_EPS) // view.block_mb, 1)  # whole blocks a link carries per slot
+    per_slot = np.maximum((link + LINK_TOLERANCE_MB) // view.block_mb, 1)  # whole blocks a link carries per slot
     slots = np.where(link > 0, -(-off // per_slot), 1.0)
     lag = np.zeros(N * R)
     np.maximum.at(lag, flat, np.where(off > 0, slots, 0).ravel())

@@ -33,6 +33,7 @@ from tapfinger.sim.geo.scenario import draw_jobs, parse_geo_scenario
 SMALL_SITES = 3
 SMALL_JOBS = 3
 SMALL_SLOTS = 16
+SMALL_ARRIVAL_SLOTS = 4  # jobs arrive in slots 0..3
 
 
 def small_geo_table(seed: int, sites: int = SMALL_SITES, jobs: int = SMALL_JOBS,
@@ -45,8 +46,8 @@ def small_geo_table(seed: int, sites: int = SMALL_SITES, jobs: int = SMALL_JOBS,
         "window": jobs,
         "sites": {"count": sites, "seed": seed, "capacity_low": [2, 12, 32, 20], "capacity_high": [4, 20, 64, 60],
                   "cost_per_100mb": [2.0, 8.0], "link_mb_per_slot": [200.0, 500.0]},
-        "jobs": {"count": jobs, "arrival_slots": 4, "data_sites": [1, min(2, sites)], "blocks_per_site": [1, 4],
-                 "block_mb": [50.0, 200.0], "epochs": [1, 3], "blocks_per_slot": [1, 3],
+        "jobs": {"count": jobs, "arrival_slots": SMALL_ARRIVAL_SLOTS, "data_sites": [1, min(2, sites)],
+                 "blocks_per_site": [1, 4], "block_mb": [50.0, 200.0], "epochs": [1, 3], "blocks_per_slot": [1, 3],
                  "exchange_mb": [30.0, 375.0], "worker_low": [0, 1, 2, 5], "worker_high": [2, 6, 16, 10],
                  "ps_low": [0, 1, 2, 5], "ps_high": [0, 6, 16, 10], "latency": "sigmoid",
                  "latency_weight": [100.0, 1000.0], "latency_midpoint": [3.0, 8.0], "latency_scale": [1.0, 3.0]},
@@ -56,8 +57,10 @@ def small_geo_table(seed: int, sites: int = SMALL_SITES, jobs: int = SMALL_JOBS,
 def small_geo_scenario(seed: int, sites: int = SMALL_SITES, jobs: int = SMALL_JOBS,
                        max_slots: int = SMALL_SLOTS) -> GeoScenario:
     """A small random instance (see the module docstring); same seed, same sites."""
-    if max_slots < 3:
-        raise ValueError(f"small_geo_scenario: max_slots {max_slots} is below the 3 arrival slots. Fix: max_slots >= 3")
+    if max_slots < SMALL_ARRIVAL_SLOTS:  # the last arrival slot must still be inside the horizon
+        raise ValueError(f"small_geo_scenario: max_slots {max_slots} is below the {SMALL_ARRIVAL_SLOTS} arrival "
+                         f"slots (jobs arrive in slots 0..{SMALL_ARRIVAL_SLOTS - 1}). "
+                         f"Fix: max_slots >= {SMALL_ARRIVAL_SLOTS}")
     return parse_geo_scenario(small_geo_table(seed, sites, jobs, max_slots), f"<small geo instance {seed}>")
 
 

@@ -30,7 +30,7 @@ from tapfinger.sim.geo.model import GeoJob, GeoScenario
 
 # Beyond this many variables HiGHS may take minutes to hours. The default small instance (3 sites,
 # 3 jobs, 16 slots) has about 1,500 and solves in 0.05-28 s (median 0.5 s); 4 jobs (about 2,000)
-# already take up to 40 s; 4 sites and 3 jobs (about 2,400) up to 6 s.
+# already take up to 40 s; 4 sites and 3 jobs (about 2,300) up to 6 s.
 MAX_VARIABLES = 4_000
 DEFAULT_TIME_LIMIT = 120.0  # seconds given to HiGHS before giving up
 MIP_REL_GAP = 1e-7  # the costs are real numbers: ask HiGHS for a gap far below any policy's distance

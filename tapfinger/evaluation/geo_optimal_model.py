@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 
+from tapfinger.sim.geo.engine import LINK_TOLERANCE_MB
 from tapfinger.sim.geo.model import GeoJob, GeoScenario
 
 
@@ -112,12 +113,15 @@ class JobColumns:
 
 
 def variables_per_job(num_sites: int, slots: int) -> int:
-    """How many variables one job with `slots` slots of life adds to the program."""
+    """How many variables one job with `slots` slots of life adds to the program: P ([slots + 1,
+    R]), the four per-site arrays z, x, u, y ([slots, R] each), n and v ([slots, R, R] each) and c
+    ([slots]), as `_job_columns` allocates them."""
     R = num_sites
-    return (slots + 1) * R + slots * (5 * R + 2 * R * R + 1)
+    return (slots + 1) * R + slots * (4 * R + 2 * R * R + 1)
 
 
 def count_variables(scenario: GeoScenario, jobs: tuple[GeoJob, ...]) -> int:
+    """The program's column count, without building it (the size check runs before anything)."""
     H = scenario.max_slots
     return sum(variables_per_job(scenario.num_sites, H - j.arrival) for j in jobs)
 
@@ -147,8 +151,9 @@ def _job_columns(cols: Columns, sc: GeoScenario, job: GeoJob, link: np.ndarray) 
     x = cols.new((nt, R), 0.0, xmax, True)
     u = cols.new((nt, R), 0.0, 1.0, True)
     y = cols.new((nt, R), 0.0, 1.0, True)
-    # A move is bounded by the job's blocks, and by what its link carries in one slot.
-    nmax = np.where(link > 0, np.minimum(job.total_blocks, np.floor(link / job.block_mb + 1e-9)),
+    # A move is bounded by the job's blocks, and by what its link carries in one slot, with the
+    # engine's own slack (a relative slack on the quotient would allow what the engine refuses).
+    nmax = np.where(link > 0, np.minimum(job.total_blocks, (link + LINK_TOLERANCE_MB) // job.block_mb),
                     job.total_blocks)
     np.fill_diagonal(nmax, 0)
     n = cols.new((nt, R, R), 0.0, nmax, True)

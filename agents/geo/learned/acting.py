@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.geo.okita import move_spare
-from agents.geo.placement import SlotPlan, _link_blocks, greedy_moves, job_view, room
+from agents.geo.placement import SlotPlan, greedy_moves, job_view, room
 from agents.geo.learned.model import GeoNet, collate
 from envs.geo_graph import graph_arrays
 from envs.geo_observations import build_observation, window_jobs
@@ -154,11 +154,7 @@ def _place(plan: SlotPlan, engine: GeoEngine, hint: GeoDecision | None, i: int, 
         for j, s, d, n in hint.moves:
             if j != i:
                 continue
-            n = min(int(n), int(left[s]), _link_blocks(plan.link_left[s, d], view.block_mb))
-            if n > 0:
-                left[s] -= n
-                plan.link_left[s, d] -= n * view.block_mb
-                plan.moves.append((i, int(s), int(d), n))
+            left[s] -= plan.move(i, s, d, min(int(n), int(left[s])), view.block_mb)  # clipped to the link
         return
     if workers.sum() > 0:
         slots = max(1, -(-view.total // (view.rate * int(workers.sum()))))
