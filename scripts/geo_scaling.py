@@ -33,7 +33,6 @@ import json
 import math
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -42,22 +41,10 @@ from tapfinger.evaluation.geo_harness import (check_geo_policies, default_geo_po
                                               scenario_digest)
 from tapfinger.evaluation.geo_plots import SCALING_PLOTS, scaling_plot
 from tapfinger.sim.geo.model import GeoScenario
-from tapfinger.sim.geo.scenario import geo_builtin_names, geo_builtin_text, parse_geo_scenario
-from tapfinger.sim.textfile import read_text
+from tapfinger.sim.geo.scenario import geo_scenario_data, parse_geo_scenario
 
 SUMMARY = "geo_scaling.json"
 KEPT = ("total_cost", "latency_cost", "transfer_cost", "exchange_cost", "mb_moved", "avg_jct", "unfinished")
-
-
-def base_toml(spec: str) -> tuple[dict, str]:
-    """The base scenario's TOML as a dict, and where it came from."""
-    if spec in geo_builtin_names():
-        return tomllib.loads(geo_builtin_text(spec)), f"<built-in {spec}>"
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(f"--base {spec}: not a geo built-in ({', '.join(geo_builtin_names())}) and no such "
-                         f"file. Fix: name a built-in or the path of a TOML file with family = \"geo\"")
-    return tomllib.loads(read_text(path, "scenario")), str(path)
 
 
 def with_sites(data: dict, source: str, count: int) -> GeoScenario:
@@ -95,7 +82,7 @@ def counts(text: str, flag: str) -> list[int]:
 
 def points(args: argparse.Namespace) -> list[tuple[str, int, GeoScenario]]:
     """(axis, value, scenario) of every point, each built (and so checked) before any runs."""
-    data, source = base_toml(args.base)
+    data, source = geo_scenario_data(args.base)
     base = parse_geo_scenario(data, source)
     out = [("sites", r, with_sites(data, source, r)) for r in counts(args.sites, "--sites")]
     return out + [("jobs", j, with_jobs(base, j)) for j in counts(args.jobs, "--jobs")]

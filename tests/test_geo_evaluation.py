@@ -20,7 +20,7 @@ from tapfinger.cli.main import main
 from tapfinger.evaluation import geo_harness
 from tapfinger.evaluation.geo_harness import GEO_METRICS, evaluate_geo, format_geo_table
 from tapfinger.sim.geo.engine import GeoDecision
-from tapfinger.sim.geo.scenario import draw_jobs, load_geo_scenario
+from tapfinger.sim.geo.scenario import draw_jobs, geo_scenario_data, load_geo_scenario
 from tests.test_evaluation import assert_real_png
 
 SEEDS = [3, 4, 5]
@@ -290,11 +290,11 @@ def load_script():
 
 def test_scaling_script_points(geo6):
     script = load_script()
-    four = script.with_sites(*script.base_toml("geo-6"), 4)
+    four = script.with_sites(*geo_scenario_data("geo-6"), 4)
     assert four.num_sites == 4 and four.name == "geo-6-sites4"
     assert four.jobs == dataclasses.replace(geo6.jobs, data_sites=(1, 3))  # geo-6's ranges fit 4 sites
-    assert script.with_sites(*script.base_toml("geo-6"), 6) == geo6  # the base's own count: the base itself
-    two = script.with_sites(*script.base_toml("geo-6"), 2)
+    assert script.with_sites(*geo_scenario_data("geo-6"), 6) == geo6  # the base's own count: the base itself
+    two = script.with_sites(*geo_scenario_data("geo-6"), 2)
     assert two.jobs.data_sites == (1, 2)  # lowered to the count
     assert script.with_jobs(geo6, 5).jobs.count == 5 and script.with_jobs(geo6, 5).sites == geo6.sites
     with pytest.raises(ValueError, match="--sites"):

@@ -63,6 +63,12 @@ def is_geo_scenario(name_or_path: str | Path) -> bool:
 
 
 def load_geo_scenario(name_or_path: str | Path) -> GeoScenario:
+    return parse_geo_scenario(*geo_scenario_data(name_or_path))
+
+
+def geo_scenario_data(name_or_path: str | Path) -> tuple[dict, str]:
+    """The parsed TOML of a geo built-in or file, and its source for messages (not yet validated:
+    studies edit it, e.g. a site count, before `parse_geo_scenario`)."""
     spec = str(name_or_path)
     if spec in geo_builtin_names():
         text, source = geo_builtin_text(spec), f"<built-in {spec}>"
@@ -76,7 +82,7 @@ def load_geo_scenario(name_or_path: str | Path) -> GeoScenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"scenario {source}: not valid TOML ({exc}). Fix: correct the syntax") from None
-    return parse_geo_scenario(data, source)
+    return data, source
 
 
 def parse_geo_scenario(data: dict, source: str) -> GeoScenario:
