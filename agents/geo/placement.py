@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapfinger.sim.geo.engine import LINK_TOLERANCE_MB, GeoDecision, GeoEngine
+from tapfinger.sim.geo.engine import LINK_TOLERANCE_MB, NO_SITE, GeoDecision, GeoEngine
 from tapfinger.sim.geo.model import LatencyCost
 
 BIG = 1 << 30  # "no limit" as an integer (a site's room for a job that needs none of a resource)
@@ -68,6 +68,8 @@ class SlotPlan:
 
     def place(self, i: int, ps: int, workers: np.ndarray) -> None:
         eng, workers = self.engine, np.asarray(workers, dtype=np.int64)
+        if ps == NO_SITE:  # free[-1] would silently charge the PS to the last site
+            raise ValueError(f"job {i}: a placement needs a PS site; a job that does not run is not placed")
         self.free -= workers[:, None] * eng.worker_need[i]
         self.free[ps] -= eng.ps_need[i]
         assert np.all(self.free >= 0), "a placement was added without room for it"

@@ -27,7 +27,11 @@ GEO_FACTORIES: dict[str, str | Callable[..., GeoPolicy]] = {
     "fifo": "agents.geo.simple:FifoPolicy",
     # the learned geo scheduler (torch): checkpoints/<scenario>.pt unless given `checkpoint=`
     "tapfinger-geo": "agents.geo.learned.policy:GeoLearnedPolicy",
+    # rollout over okita with futures sampled from the arrival model (agents/geo/rollout.py): slow, opt-in
+    "okita-rollout": "agents.geo.rollout:OkitaRolloutPolicy",
 }
+# Registered but left out of the default comparison for their run time (about 40x okita's).
+SLOW_GEO_POLICIES = ("okita-rollout",)
 
 
 # The learned geo policies: they read a checkpoint, `checkpoints/<scenario name>.pt` when shipped.

@@ -82,15 +82,16 @@ def default_geo_policies(scenario_name: str | None = None, checkpoint: str | Pat
     """What `tapfinger evaluate` runs on a geo scenario: the heuristics of GEO_POLICY_NAMES in their
     order, then the other registered geo policies; a learned one only where it has a checkpoint
     (`checkpoint`, or the one shipped for `scenario_name`), so a bare evaluation of a scenario
-    without a shipped policy (geo-50) runs the heuristics rather than failing."""
+    without a shipped policy (geo-50) runs the heuristics rather than failing; the slow ones
+    (`SLOW_GEO_POLICIES`, okita-rollout) only when named."""
     reg = _registry()
     if reg is None:
         return []
     first = list(reg.GEO_POLICY_NAMES)
     has_checkpoint = checkpoint is not None or (
         scenario_name is not None and reg.shipped_geo_checkpoint(scenario_name).is_file())
-    return first + [n for n in reg.geo_policy_names()
-                    if n not in first and (n not in reg.LEARNED_GEO_POLICIES or has_checkpoint)]
+    return first + [n for n in reg.geo_policy_names() if n not in first and n not in reg.SLOW_GEO_POLICIES
+                    and (n not in reg.LEARNED_GEO_POLICIES or has_checkpoint)]
 
 
 def check_geo_policies(names: Sequence[str]) -> None:
