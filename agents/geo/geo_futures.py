@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from tapfinger.sim.geo.engine import GeoEngine
-from tapfinger.sim.geo.model import GeoJob, GeoScenario, LatencyCost
+from tapfinger.sim.geo.model import GeoJob, GeoScenario
+from tapfinger.sim.geo.scenario import draw_job
 
 # The per-job state arrays of the engine (the rest of its arrays depend only on the jobs).
 JOB_STATE = ("passes_left", "in_transit", "passes_done", "ps_site", "workers", "completion", "latency_cost",
@@ -30,24 +31,6 @@ def future_rng(seed: int, slot: int, index: int) -> np.random.Generator:
     """The generator of future `index` at `slot` of episode `seed`: the same whatever the policy did
     before, so the same seed gives the same episode and candidates share their futures."""
     return np.random.default_rng([FUTURE_STREAM, int(seed) & (2**63 - 1), int(slot), int(index)])
-
-
-def draw_job(scenario: GeoScenario, arrival: int, rng: np.random.Generator) -> GeoJob:
-    """One job arriving at `arrival`, drawn from the `[jobs]` ranges (the rules of `draw_jobs`)."""
-    jr, R = scenario.jobs, scenario.num_sites
-    blocks = np.zeros(R, dtype=np.int64)
-    where = rng.choice(R, size=int(rng.integers(jr.data_sites[0], jr.data_sites[1] + 1)), replace=False)
-    blocks[where] = rng.integers(jr.blocks_per_site[0], jr.blocks_per_site[1] + 1, size=where.size)
-    params = {p: float(rng.uniform(lo, hi)) for p, (lo, hi) in jr.latency_ranges}
-    return GeoJob(
-        arrival=int(arrival), blocks=tuple(int(b) for b in blocks),
-        block_mb=round(float(rng.uniform(*jr.block_mb)), 1),
-        epochs=int(rng.integers(jr.epochs[0], jr.epochs[1] + 1)),
-        blocks_per_slot=int(rng.integers(jr.blocks_per_slot[0], jr.blocks_per_slot[1] + 1)),
-        worker=tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(jr.worker_low, jr.worker_high)),
-        ps=tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(jr.ps_low, jr.ps_high)),
-        exchange_mb=round(float(rng.uniform(*jr.exchange_mb)), 1),
-        latency=LatencyCost(kind=jr.latency, **params))
 
 
 def sample_future_jobs(scenario: GeoScenario, slot: int, arrived: int, rng: np.random.Generator,

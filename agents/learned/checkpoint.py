@@ -90,6 +90,13 @@ def save_checkpoint(path: str | Path, *, net: TapFingerNet, scenario: Scenario, 
         "versions": library_versions(),
     }
     payload.update(extra or {})
+    return save_atomically(payload, path)
+
+
+def save_atomically(payload: dict, path: Path) -> Path:
+    """torch.save through a temp file and a rename (stale temps of killed saves removed first): an
+    interrupted save never leaves a broken file. The edge and geo checkpoints both go through here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = temp_path(path)
     try:

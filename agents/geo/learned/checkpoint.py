@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from agents.geo.learned.model import GeoNet, GeoNetConfig
-from agents.learned.checkpoint import CheckpointError, _nonfinite, _unreadable, library_versions, temp_path
+from agents.learned.checkpoint import CheckpointError, _nonfinite, _unreadable, library_versions, save_atomically
 from envs.geo_graph import EDGE_ATTR_COLUMNS, EDGE_TYPES, feature_columns
 from tapfinger.sim.geo.model import GeoScenario
 
@@ -44,21 +43,13 @@ def save_geo_checkpoint(path: str | Path, net: GeoNet, scenario: GeoScenario, te
                         extra: dict | None = None) -> Path:
     """Write atomically (temp file + rename): an interrupted save never leaves a broken file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     parts = fingerprint_parts(scenario)
     payload = {"format": FORMAT, "scenario": scenario.name, "fingerprint": fingerprint(parts),
                "fingerprint_parts": parts, "model_config": net.cfg.to_dict(), "teacher": teacher,
                "model_state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
                "versions": library_versions()}
     payload.update(extra or {})
-    tmp = temp_path(path)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_atomically(payload, path)
 
 
 def read_geo_payload(path: str | Path) -> dict:

@@ -250,22 +250,26 @@ def _latency_ranges(rd: _Reader, table: dict, kind: str) -> tuple[tuple[str, tup
 
 def draw_jobs(scenario: GeoScenario, seed: int) -> tuple[GeoJob, ...]:
     """The jobs of episode `seed`, in arrival order; the same for every policy."""
-    jr, R = scenario.jobs, scenario.num_sites
+    jr = scenario.jobs
     rng = np.random.default_rng([JOB_STREAM, seed])
     arrivals = np.sort(rng.integers(0, jr.arrival_slots, size=jr.count))
-    jobs = []
-    for a in arrivals:
-        blocks = np.zeros(R, dtype=np.int64)
-        where = rng.choice(R, size=int(rng.integers(jr.data_sites[0], jr.data_sites[1] + 1)), replace=False)
-        blocks[where] = rng.integers(jr.blocks_per_site[0], jr.blocks_per_site[1] + 1, size=where.size)
-        params = {p: float(rng.uniform(lo, hi)) for p, (lo, hi) in jr.latency_ranges}
-        jobs.append(GeoJob(
-            arrival=int(a), blocks=tuple(int(b) for b in blocks),
-            block_mb=round(float(rng.uniform(*jr.block_mb)), 1),
-            epochs=int(rng.integers(jr.epochs[0], jr.epochs[1] + 1)),
-            blocks_per_slot=int(rng.integers(jr.blocks_per_slot[0], jr.blocks_per_slot[1] + 1)),
-            worker=tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(jr.worker_low, jr.worker_high)),
-            ps=tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(jr.ps_low, jr.ps_high)),
-            exchange_mb=round(float(rng.uniform(*jr.exchange_mb)), 1),
-            latency=LatencyCost(kind=jr.latency, **params)))
-    return tuple(jobs)
+    return tuple(draw_job(scenario, int(a), rng) for a in arrivals)
+
+
+def draw_job(scenario: GeoScenario, arrival: int, rng: np.random.Generator) -> GeoJob:
+    """One job arriving at `arrival`, drawn from the `[jobs]` ranges in a fixed order of draws (the
+    episode's jobs, and the futures a planner imagines from the same model)."""
+    jr, R = scenario.jobs, scenario.num_sites
+    blocks = np.zeros(R, dtype=np.int64)
+    where = rng.choice(R, size=int(rng.integers(jr.data_sites[0], jr.data_sites[1] + 1)), replace=False)
+    blocks[where] = rng.integers(jr.blocks_per_site[0], jr.blocks_per_site[1] + 1, size=where.size)
+    params = {p: float(rng.uniform(lo, hi)) for p, (lo, hi) in jr.latency_ranges}
+    return GeoJob(
+        arrival=int(arrival), blocks=tuple(int(b) for b in blocks),
+        block_mb=round(float(rng.uniform(*jr.block_mb)), 1),
+        epochs=int(rng.integers(jr.epochs[0], jr.epochs[1] + 1)),
+        blocks_per_slot=int(rng.integers(jr.blocks_per_slot[0], jr.blocks_per_slot[1] + 1)),
+        worker=tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(jr.worker_low, jr.worker_high)),
+        ps=tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(jr.ps_low, jr.ps_high)),
+        exchange_mb=round(float(rng.uniform(*jr.exchange_mb)), 1),
+        latency=LatencyCost(kind=jr.latency, **params))
