@@ -321,7 +321,7 @@ def test_scaling_script_json_plots_and_rerun(tmp_path, monkeypatch):
 
 
 def test_default_geo_policies_include_the_learned_one_only_where_it_has_a_checkpoint(tmp_path):
-    # geo-6 ships checkpoints/geo-6.pt; geo-50 has none, so a bare evaluation of it runs the heuristics
+    # geo-6 ships checkpoints/geo/geo-6.pt; geo-50 has none, so a bare evaluation of it runs the heuristics
     from agents.geo.registry import GEO_POLICY_NAMES, shipped_geo_checkpoint
 
     assert shipped_geo_checkpoint("geo-6").is_file() and not shipped_geo_checkpoint("geo-50").is_file()

@@ -184,10 +184,21 @@ def test_crafted_checkpoints_are_refused(tmp_path):
 
 
 def test_shipped_checkpoint_plays_a_full_episode():
-    assert default_checkpoint(SC).is_file(), "checkpoints/geo-6.pt ships with the repository"
+    assert default_checkpoint(SC).is_file(), "checkpoints/geo/geo-6.pt ships with the repository"
     policy = GeoLearnedPolicy()
     result = run_geo_episode(SC, policy, 1000)
     assert result.unfinished == 0 and not result.truncated
     assert np.isfinite(result.total_cost) and result.total_cost > 0
     again = run_geo_episode(SC, policy, 1000)
     assert again.total_cost == result.total_cost  # greedy play: the same episode again
+
+
+def test_shipped_checkpoint_reproduces_its_stored_evaluation():
+    """checkpoints/geo/geo-6.json holds the evaluation the policy shipped with: its first seed again."""
+    import json
+
+    results = json.loads(default_checkpoint(SC).with_suffix(".json").read_text())
+    assert results["scenario"] == SC.name and results["family"] == "geo"
+    seed = int(results["seeds"][0])
+    stored = results["policies"]["tapfinger-geo"]["total_cost"]["per_seed"][0]
+    assert run_geo_episode(SC, GeoLearnedPolicy(), seed).total_cost == pytest.approx(stored, rel=1e-12)

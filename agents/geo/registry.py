@@ -25,7 +25,7 @@ GEO_FACTORIES: dict[str, str | Callable[..., GeoPolicy]] = {
     "oasis": "agents.geo.oasis:OasisPolicy",
     "drf": "agents.geo.simple:DrfPolicy",
     "fifo": "agents.geo.simple:FifoPolicy",
-    # the learned geo scheduler (torch): checkpoints/<scenario>.pt unless given `checkpoint=`
+    # the learned geo scheduler (torch): checkpoints/geo/<scenario>.pt unless given `checkpoint=`
     "tapfinger-geo": "agents.geo.learned.policy:GeoLearnedPolicy",
     # rollout over okita with futures sampled from the arrival model (agents/geo/rollout.py): slow, opt-in
     "okita-rollout": "agents.geo.rollout:OkitaRolloutPolicy",
@@ -34,9 +34,9 @@ GEO_FACTORIES: dict[str, str | Callable[..., GeoPolicy]] = {
 SLOW_GEO_POLICIES = ("okita-rollout",)
 
 
-# The learned geo policies: they read a checkpoint, `checkpoints/<scenario name>.pt` when shipped.
+# The learned geo policies: they read a checkpoint, `checkpoints/geo/<scenario name>.pt` when shipped.
 LEARNED_GEO_POLICIES = ("tapfinger-geo",)
-SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints" / "geo"  # apart from the edge ones
 
 
 def shipped_geo_checkpoint(scenario_name: str) -> Path:

@@ -21,7 +21,7 @@ from tapfinger.sim.geo.model import GeoScenario
 FORMAT = "tapfinger-geo-checkpoint-1"
 REQUIRED = {"scenario": str, "fingerprint": str, "fingerprint_parts": dict, "model_config": dict,
             "model_state": dict, "teacher": str}
-RETRAIN = "Fix: use another checkpoint (a run folder's best.pt, or the shipped checkpoints/<scenario>.pt), or retrain " \
+RETRAIN = "Fix: use another checkpoint (a run folder's best.pt, or the shipped checkpoints/geo/<scenario>.pt), or retrain " \
           "with `python scripts/train_geo.py`."
 __all__ = ["CheckpointError", "FORMAT", "save_geo_checkpoint", "load_geo_checkpoint", "fingerprint_parts"]
 
@@ -57,7 +57,7 @@ def read_geo_payload(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"geo checkpoint {path} does not exist{' (it is a directory)' if path.is_dir() else ''}. "
                               f"Fix: give a file written by `python scripts/train_geo.py` (RUN_DIR/best.pt), or ship "
-                              f"one as checkpoints/<scenario>.pt.")
+                              f"one as checkpoints/geo/<scenario>.pt.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign, truncated or code-holding files

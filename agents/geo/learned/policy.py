@@ -2,7 +2,7 @@
 decode masks of `agents.geo.learned.acting`, so every decision is valid by construction.
 
 The geo harness (`tapfinger evaluate --scenario geo-6`) builds its policies by name with no
-options, so the checkpoint defaults to the shipped `checkpoints/<scenario name>.pt`, loaded at the
+options, so the checkpoint defaults to the shipped `checkpoints/geo/<scenario name>.pt`, loaded at the
 first `reset` for a scenario (a checkpoint made for another scenario or layout is refused there,
 with the fix); `GeoLearnedPolicy(checkpoint=PATH)` plays another one.
 """
